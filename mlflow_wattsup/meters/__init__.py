@@ -1,0 +1,8 @@
+"""Layer 1: hardware readers. No MLflow here; every reader returns plain dataclasses.
+
+- :mod:`.rapl` - CPU package and DRAM energy counters (powercap sysfs)
+- :mod:`.nvml` - NVIDIA GPU energy counters / power
+- :mod:`.proctree` - CPU seconds and memory of a process tree, machine busy CPU seconds
+- :mod:`.estimator` - power models for machines without readable counters
+- :mod:`.hardware` - CPU model, topology, memory
+"""

@@ -1,0 +1,49 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# MLflow phones home (usage telemetry) unless told not to; tests never use the network.
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "WATTSUP_RUN_ID",
+            "WATTSUP_REGION", "WATTSUP_CARBON_INTENSITY", "WATTSUP_PUE", "WATTSUP_CPU_TDP_W",
+            "WATTSUP_CPU_W_PER_THREAD", "WATTSUP_POWERCAP_ROOT", "CUDA_VISIBLE_DEVICES"):
+    os.environ.pop(var, None)
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def tracking_db(tmp_path_factory):
+    """One real sqlite tracking store for the session (creating one costs seconds)."""
+    d = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{d}/mlflow.db"
+
+
+@pytest.fixture
+def tracking_uri(tracking_db, monkeypatch, tmp_path):
+    """The session store as the current tracking URI, a fresh experiment name, a private spool."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_db)
+    monkeypatch.setenv("WATTSUP_SPOOL_DIR", str(tmp_path / "spool"))
+    mlflow.set_tracking_uri(tracking_db)
+    yield tracking_db
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture
+def experiment(request):
+    return f"exp-{request.node.name}"[:200]
+
+
+@pytest.fixture
+def client(tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri)
