@@ -1,0 +1,141 @@
+"""Layer 4: ``mlflow_wattsup.track`` - measure a Python block or function into an MLflow run."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any, Callable, Mapping
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from .recording import RUN_ENV, CarbonConfig, Recording, ensure_experiment, make_tracker
+from .sink import MlflowSink
+from .tracker import StageResult, Totals, Tracker
+
+log = logging.getLogger("mlflow_wattsup")
+_said: set[str] = set()
+
+
+class track:
+    """Measure the energy, carbon and runtime of a block (or, as a decorator, of each call).
+
+    ::
+
+        with mlflow_wattsup.track("train", experiment="unet", region="CA-QC") as t:
+            with t.stage("epoch-1"):
+                ...
+        t.totals.energy_kwh
+
+    The run is, in order: ``run_id``; the active fluent run (``mlflow.start_run``, or the run
+    ``mlflow run`` set in ``MLFLOW_RUN_ID``); else a new run in ``experiment`` that is ended when
+    the block ends (FINISHED, FAILED on an exception, KILLED on KeyboardInterrupt). Inside the
+    block ``mlflow.log_metric`` & co. log to the same run. An exception in the block is re-raised
+    after the totals are logged; a failure of our own logging never raises.
+
+    Carbon: ``carbon_intensity`` (g/kWh) or ``region`` (see ``wattsup regions``), else the
+    ``WATTSUP_CARBON_INTENSITY`` / ``WATTSUP_REGION`` environment, else the world average.
+    ``pue`` defaults to 1.0 (IT energy only). CPU estimates use ``cpu_tdp_w`` or
+    ``cpu_w_per_thread`` when the CPU model is not in CodeCarbon's table.
+    """
+
+    def __init__(
+        self,
+        run_name: str | None = None,
+        *,
+        experiment: str | None = None,
+        run_id: str | None = None,
+        tracking_uri: str | None = None,
+        interval_s: float = 1.0,
+        region: str | None = None,
+        carbon_intensity: float | None = None,
+        pue: float | None = None,
+        cpu_tdp_w: float | None = None,
+        cpu_w_per_thread: float | None = None,
+        tags: Mapping[str, str] | None = None,
+        powercap_root: str | None = None,
+        nvml: Any = None,
+        flush_interval_s: float = 10.0,
+    ):
+        self._kwargs = dict(locals())
+        del self._kwargs["self"]
+        self.run_name = run_name
+        self.experiment = experiment
+        self.run_id = run_id
+        self.tracking_uri = tracking_uri
+        self.carbon = CarbonConfig.resolve(carbon_intensity, region, pue)
+        self.tracker: Tracker = make_tracker(
+            interval_s=interval_s,
+            cpu_tdp_w=cpu_tdp_w,
+            cpu_w_per_thread=cpu_w_per_thread,
+            powercap_root=powercap_root,
+            nvml=nvml,
+        )
+        self._tags = dict(tags or {})
+        self._flush_interval_s = flush_interval_s
+        self._recording: Recording | None = None
+        self._ended_run = False
+        self.totals: Totals | None = None
+
+    # -- context manager ------------------------------------------------------------------------
+
+    def __enter__(self) -> "track":
+        client = MlflowClient(self.tracking_uri)
+        run_id = self.run_id
+        active = mlflow.active_run()
+        if run_id is None and active is not None:
+            run_id = active.info.run_id
+        if run_id is None:
+            if self.tracking_uri:
+                mlflow.set_tracking_uri(self.tracking_uri)
+            exp_id = None if os.environ.get("MLFLOW_RUN_ID") else ensure_experiment(client, self.experiment)
+            run = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name)
+            run_id = run.info.run_id
+            self._ended_run = True
+        self.run_id = run_id
+        for note in [*self.tracker.notes, self.carbon.intensity.warning]:
+            if note and note not in _said:  # once per process, not once per decorated call
+                _said.add(note)
+                log.warning(note)
+        as_stage = (self.run_name or "python") if os.environ.get(RUN_ENV) == run_id else None
+        sink = MlflowSink(run_id, client, flush_interval_s=self._flush_interval_s)
+        self._recording = Recording(sink, self.tracker, self.carbon, self._tags, as_stage=as_stage).start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        rec = self._recording
+        assert rec is not None, "track.__exit__ without __enter__"
+        status = "FINISHED"
+        if exc_type is not None:
+            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        try:
+            self.totals = rec.finish({"wattsup.status": status})
+        finally:
+            rec.sink.close()
+            if self._ended_run:
+                mlflow.end_run(status)
+        return False  # never swallow the block's exception
+
+    # -- stages ---------------------------------------------------------------------------------
+
+    def stage(self, name: str):
+        """Context manager measuring a named stage: ``stage/<name>/energy_kwh`` etc."""
+        return self.tracker.stage(name)
+
+    @property
+    def stages(self) -> list[StageResult]:
+        return self.tracker.stages
+
+    # -- decorator ------------------------------------------------------------------------------
+
+    def __call__(self, fn: Callable) -> Callable:
+        kwargs = dict(self._kwargs)
+        kwargs["run_name"] = kwargs["run_name"] or fn.__name__
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kw):
+            with track(**kwargs):
+                return fn(*args, **kw)
+
+        return wrapper

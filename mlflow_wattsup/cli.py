@@ -1,0 +1,395 @@
+"""Layer 4: the ``wattsup`` command line.
+
+Every error a user can cause ends in one line on stderr and exit code 2 (``--debug`` shows the
+traceback). ``wattsup run`` passes the wrapped command's exit code through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from typing import Sequence
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _carbon_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("carbon")
+    g.add_argument("--region", help="electricity region for the carbon intensity, e.g. FRA, CA-QC, US-CA, "
+                   "gcp:europe-west1 ('wattsup regions' lists them; env WATTSUP_REGION)")  # fmt: skip
+    g.add_argument("--carbon-intensity", metavar="G_PER_KWH",
+                   help="carbon intensity in g CO2eq/kWh; overrides --region (env WATTSUP_CARBON_INTENSITY)")  # fmt: skip
+    g.add_argument("--pue", help="power usage effectiveness of the facility, >= 1 (default 1.0: IT energy "
+                   "only; env WATTSUP_PUE)")  # fmt: skip
+
+
+def _meter_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("measurement")
+    g.add_argument("--interval", type=float, default=1.0, metavar="S", help="sampling interval in seconds (default 1)")
+    g.add_argument("--cpu-tdp-w", type=float, metavar="W",
+                   help="package TDP for the CPU estimate when the model is unknown (env WATTSUP_CPU_TDP_W)")  # fmt: skip
+    g.add_argument("--cpu-w-per-thread", type=float, metavar="W",
+                   help="watts per busy logical CPU for the estimate (env WATTSUP_CPU_W_PER_THREAD)")  # fmt: skip
+    g.add_argument("--powercap-root", metavar="DIR",
+                   help="powercap sysfs root for RAPL (default /sys/class/powercap; env WATTSUP_POWERCAP_ROOT)")  # fmt: skip
+
+
+def _mlflow_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("MLflow")
+    g.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    g.add_argument("--experiment", help="experiment name for a new run (default: $MLFLOW_EXPERIMENT_NAME or Default)")
+    g.add_argument("--run-id", help="log to this existing run (default: $MLFLOW_RUN_ID, as set by 'mlflow run')")
+    g.add_argument("--run-name", help="name of a new run (default: the command's name)")
+    g.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra run tag (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="wattsup",
+        description="Log the energy, carbon and runtime of commands and pipelines to MLflow.",
+        epilog="Metric, param and tag names: docs/metrics.md. Every energy figure carries its source "
+        "(rapl, nvml-energy, nvml-power, estimate) in a wattsup.source.* tag.",
+    )
+    parser.add_argument("--version", action="version", version=f"mlflow-wattsup {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser(
+        "run",
+        help="run a command and log its energy, carbon and runtime",
+        description="Run CMD (without a shell) under the energy tracker and log it to an MLflow run: "
+        "the active one ($MLFLOW_RUN_ID, as inside 'mlflow run') or a new one. CMD's output is "
+        "streamed, its exit code passed through, SIGINT/SIGTERM forwarded to its process group. "
+        "Example: wattsup run --experiment fs --region CA-QC -- recon-all -s bert -all",
+    )
+    _mlflow_options(run)
+    _carbon_options(run)
+    _meter_options(run)
+    run.add_argument("--quiet", action="store_true", help="no live status line or summary")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run")
+    run.set_defaults(func=cmd_run)
+
+    regions = sub.add_parser("regions", help="list the carbon-intensity regions known offline",
+                             description="List regions and their carbon intensity (g CO2eq/kWh) from "
+                             "CodeCarbon's offline tables, optionally filtered by QUERY.")  # fmt: skip
+    regions.add_argument("query", nargs="?", default="", help="case-insensitive filter")
+    regions.set_defaults(func=cmd_regions)
+
+    flush = sub.add_parser("flush", help="replay values spooled while the tracking store was unreachable",
+                           description="Send spool files left by runs that could not reach their "
+                           "tracking store (e.g. a job that died during an outage).")  # fmt: skip
+    flush.add_argument("--tracking-uri", help="send to this store instead of the one recorded in the spool")
+    flush.add_argument("--spool-dir", help="spool directory (default: $WATTSUP_SPOOL_DIR or the user cache dir)")
+    flush.set_defaults(func=cmd_flush)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # we never phone home, nor does MLflow for us
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        if args.debug:
+            raise
+        print(f"wattsup {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, OSError) as exc:
+        if args.debug:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"wattsup {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- wattsup regions / flush ------------------------------------------------------------------
+
+
+def cmd_regions(args) -> int:
+    from .carbon import list_regions
+
+    q = args.query.lower()
+    rows = [r for r in list_regions() if q in r.region.lower()]
+    for r in rows:
+        print(f"{r.region:<40} {r.g_per_kwh:8.1f}  {r.source}")
+    if not rows:
+        raise UsageError(f"no region matches {args.query!r}")
+    return 0
+
+
+def cmd_flush(args) -> int:
+    from pathlib import Path
+
+    from .sink import replay_spools, spool_dir
+
+    directory = Path(args.spool_dir) if args.spool_dir else spool_dir()
+    done, left = replay_spools(directory, args.tracking_uri)
+    if done == 0 and left == 0:
+        print(f"wattsup: nothing to replay in {directory}", file=sys.stderr)
+    return 0 if left == 0 else 1
+
+
+# -- wattsup run ------------------------------------------------------------------------------
+
+
+def _parse_tags(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--tag {p!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _fmt_duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class _Status:
+    """The live one-line status on a TTY; a line every ``every_s`` seconds elsewhere."""
+
+    def __init__(self, carbon, estimated: bool, quiet: bool, every_s: float = 900.0):
+        self.carbon = carbon
+        self.label = " (estimate)" if estimated else ""
+        self.tty = sys.stderr.isatty() and not quiet
+        self.quiet = quiet
+        self.every_s = every_s
+        self._last = 0.0
+
+    def __call__(self, s) -> None:
+        if self.quiet:
+            return
+        text = (
+            f"[wattsup] {_fmt_duration(s.elapsed_s)}  {s.power_w:6.1f} W  {s.energy.total_j / 3600:8.3f} Wh  "
+            f"{self.carbon.carbon_g(s.energy.total_j):8.3f} g CO2eq{self.label}"
+        )
+        if self.tty:
+            sys.stderr.write(f"\r\x1b[K{text}\r")
+            sys.stderr.flush()
+        elif s.elapsed_s - self._last >= self.every_s:
+            self._last = s.elapsed_s
+            print(text, file=sys.stderr, flush=True)
+
+    def clear(self) -> None:
+        if self.tty:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _summary(run_id: str, uri: str, totals, carbon, exit_code: int, status: str) -> str:
+    e = totals.energy
+    src = totals.sources
+    wh = lambda j: f"{j / 3600:.4g} Wh"  # noqa: E731
+    lines = [
+        f"wattsup: {status} in {_fmt_duration(totals.duration_s)} ({totals.duration_s:.1f} s), exit code {exit_code}",
+        f"  energy  {wh(e.total_j)}: CPU {wh(e.cpu_j)} [{src.cpu}], GPU {wh(e.gpu_j)} [{src.gpu}], "
+        f"RAM {wh(e.ram_j)} [{src.ram}]; whole machine {wh(totals.machine_energy.total_j)}",
+        f"  carbon  {carbon.carbon_g(e.total_j):.4g} g CO2eq at {carbon.intensity.g_per_kwh:.4g} g/kWh "
+        f"({carbon.intensity.region or 'no region'}: {carbon.intensity.source}), PUE {carbon.pue:g}",
+        f"  cpu time {totals.cpu_s:.1f} s; mean power {totals.power_mean_w:.1f} W",
+        f"  run {run_id} at {uri}",
+    ]
+    lines += [f"  warning ({k}): {v}" for k, v in totals.warnings.items()]
+    return "\n".join(lines)
+
+
+def cmd_run(args) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError("no command given: wattsup run [options] -- CMD [ARGS...]")
+    if not args.interval > 0:
+        raise UsageError(f"--interval must be > 0 seconds, got {args.interval:g}")
+    tags = _parse_tags(args.tag)
+
+    from mlflow.tracking import MlflowClient
+
+    from .meters.estimator import EstimatorConfigError
+    from .meters.proctree import ProcessTreeMeter, become_subreaper
+    from .carbon import CarbonConfigError
+    from .recording import RUN_ENV, CarbonConfig, Recording, create_run, ensure_experiment, make_tracker
+    from .sink import MlflowSink
+
+    try:
+        carbon = CarbonConfig.resolve(args.carbon_intensity, args.region, args.pue)
+        tracker = make_tracker(
+            tree=ProcessTreeMeter(children_of=os.getpid()),
+            interval_s=args.interval,
+            cpu_tdp_w=args.cpu_tdp_w,
+            cpu_w_per_thread=args.cpu_w_per_thread,
+            powercap_root=args.powercap_root,
+        )
+    except (CarbonConfigError, EstimatorConfigError) as exc:
+        raise UsageError(str(exc)) from None
+
+    client = MlflowClient(args.tracking_uri)
+    uri = client.tracking_uri
+    run_id = args.run_id or os.environ.get("MLFLOW_RUN_ID")
+    created = run_id is None
+    if created:
+        exp_id = ensure_experiment(client, args.experiment)
+        run_id = create_run(client, exp_id, args.run_name or os.path.basename(cmd[0]), {"wattsup.command": _shell_join(cmd)})
+    else:
+        try:
+            client.get_run(run_id)
+        except Exception as exc:
+            raise UsageError(f"run {run_id} not found at {uri} ({type(exc).__name__})") from None
+        tags.setdefault("wattsup.command", _shell_join(cmd))
+
+    quiet = args.quiet
+    notes = list(tracker.notes)
+    if carbon.intensity.warning:
+        notes.append(carbon.intensity.warning)
+    if not quiet:
+        for n in notes:
+            print(f"wattsup: {n}", file=sys.stderr)
+    status_line = _Status(carbon, tracker.sources.cpu == "estimate", quiet)
+    tracker.add_callback(status_line)
+    sink = MlflowSink(run_id, client)
+    rec = Recording(sink, tracker, carbon, tags)
+
+    env = dict(os.environ)
+    env.update({"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": uri, RUN_ENV: run_id})
+    become_subreaper()
+    rec.start()
+    try:
+        pid = os.posix_spawnp(cmd[0], cmd, env, setpgroup=0)
+    except OSError as exc:
+        totals = rec.finish({"wattsup.exit_code": "127"})
+        sink.close()
+        if created:
+            client.set_terminated(run_id, "FAILED")
+        status_line.clear()
+        code = 127 if isinstance(exc, FileNotFoundError) else 126
+        print(f"wattsup run: error: cannot run {cmd[0]!r}: {exc.strerror or exc}", file=sys.stderr)
+        return code
+
+    runner = _ChildRunner(pid)
+    exit_code, signalled = runner.wait(tracker)
+    status_line.clear()
+    status = "KILLED" if signalled or exit_code >= 128 else ("FAILED" if exit_code != 0 else "FINISHED")
+    totals = rec.finish({"wattsup.exit_code": str(exit_code), "wattsup.status": status})
+    sink.close()
+    if created:
+        try:
+            client.set_terminated(run_id, status)
+        except Exception as exc:  # the store is down: the status will be missing, results are spooled
+            print(f"wattsup: could not set run status ({type(exc).__name__})", file=sys.stderr)
+    if not quiet:
+        print(_summary(run_id, uri, totals, carbon, exit_code, status), file=sys.stderr)
+    return exit_code
+
+
+def _shell_join(cmd: list[str]) -> str:
+    import shlex
+
+    return shlex.join(cmd)
+
+
+class _ChildRunner:
+    """Wait for the child (its own process group), forwarding SIGINT/SIGTERM/SIGHUP to the group,
+    giving it the terminal's foreground when we had it, and reaping adopted orphans."""
+
+    FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.signalled: int | None = None
+        self._tty_fd = None
+        try:
+            if sys.stdin.isatty() and os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp():
+                self._tty_fd = sys.stdin.fileno()
+                os.tcsetpgrp(self._tty_fd, pid)
+                os.killpg(pid, signal.SIGCONT)  # in case it touched the terminal before this
+        except OSError:
+            self._tty_fd = None
+
+    def _forward(self, signum, frame) -> None:
+        self.signalled = signum
+        try:
+            os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, tracker) -> tuple[int, bool]:
+        """Wait for the child; returns (exit code, whether it ended by a signal).
+
+        Each exited child is first seen without reaping it (``waitid(WNOWAIT)``), then reaped and
+        its rusage added while the tracker cannot read the tree, so a zombie's CPU time is never
+        counted both from /proc and from ``wait4``.
+        """
+        tree = tracker.tree
+        old = {s: signal.signal(s, self._forward) for s in self.FORWARD}
+        try:
+            while True:
+                try:
+                    info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+                except ChildProcessError:  # our child is gone without a status: should not happen
+                    return 1, bool(self.signalled)
+                if info is None:
+                    continue
+                with tracker.exclusive():
+                    pid, status, ru = os.wait4(info.si_pid, os.WNOHANG)
+                    if pid:
+                        tree.add_reaped(ru.ru_utime + ru.ru_stime)
+                if pid == self.pid:
+                    code = os.waitstatus_to_exitcode(status)
+                    if code < 0:
+                        code = 128 - code
+                    self._reap_orphans(tracker)
+                    return code, bool(self.signalled) or os.WIFSIGNALED(status)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            self._restore_tty()
+
+    @staticmethod
+    def _reap_orphans(tracker) -> None:
+        """Reap adopted orphans that already exited (never wait for live ones)."""
+        while True:
+            with tracker.exclusive():
+                try:
+                    pid, status, ru = os.wait4(-1, os.WNOHANG)
+                except ChildProcessError:
+                    return
+                if pid == 0:
+                    return
+                tracker.tree.add_reaped(ru.ru_utime + ru.ru_stime)
+
+    def _restore_tty(self) -> None:
+        if self._tty_fd is None:
+            return
+        old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        try:
+            os.tcsetpgrp(self._tty_fd, os.getpgrp())
+        except OSError:
+            pass
+        finally:
+            signal.signal(signal.SIGTTOU, old)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Layer 4: one tracked MLflow run - which run, what to log, and the key names (the contract in
+``docs/metrics.md``). Used by :func:`mlflow_wattsup.track` and ``wattsup run``."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from mlflow.tracking import MlflowClient
+
+from . import __version__
+from .carbon import CarbonIntensity, carbon_g, resolve_intensity, resolve_pue
+from .meters.estimator import cpu_power_model
+from .sink import MlflowSink
+from .tracker import J_PER_KWH, Energy, StageResult, Totals, Tracker
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # opens the MLflow 3 UI in the training view
+#: set in the environment of a command run by ``wattsup run``: the run it is logged to
+RUN_ENV = "WATTSUP_RUN_ID"
+
+
+@dataclass
+class CarbonConfig:
+    intensity: CarbonIntensity
+    pue: float
+    pue_source: str
+
+    @classmethod
+    def resolve(cls, carbon_intensity: Any = None, region: str | None = None, pue: Any = None) -> "CarbonConfig":
+        value, source = resolve_pue(pue)
+        return cls(resolve_intensity(carbon_intensity, region), value, source)
+
+    def params(self) -> dict[str, str]:
+        return {
+            "wattsup.pue": f"{self.pue:g}",
+            "wattsup.carbon_intensity_g_per_kwh": f"{self.intensity.g_per_kwh:.6g}",
+            "wattsup.region": self.intensity.region or "none",
+        }
+
+    def tags(self) -> dict[str, str]:
+        return {"wattsup.source.carbon_intensity": self.intensity.source, "wattsup.source.pue": self.pue_source}
+
+    def carbon_g(self, energy_j: float) -> float:
+        return carbon_g(energy_j / J_PER_KWH, self.intensity.g_per_kwh, self.pue)
+
+
+def energy_metrics(e: Energy, prefix: str = "energy") -> dict[str, float]:
+    return {
+        f"{prefix}_kwh": e.total_j / J_PER_KWH,
+        f"{prefix}_cpu_kwh": e.cpu_j / J_PER_KWH,
+        f"{prefix}_gpu_kwh": e.gpu_j / J_PER_KWH,
+        f"{prefix}_ram_kwh": e.ram_j / J_PER_KWH,
+    }
+
+
+def summary_metrics(t: Totals, carbon: CarbonConfig) -> dict[str, float]:
+    """The run-level metrics of ``docs/metrics.md``."""
+    out = {"duration_s": t.duration_s, **energy_metrics(t.energy)}
+    out.update(energy_metrics(t.machine_energy, "machine_energy"))
+    out.update(
+        {
+            "carbon_g": carbon.carbon_g(t.energy.total_j),
+            "power_mean_w": t.power_mean_w,
+            "cpu_time_s": t.cpu_s,
+        }
+    )
+    return out
+
+
+def stage_metrics(stages: list[StageResult], carbon: CarbonConfig) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for s in stages:
+        p = f"stage/{s.name}/"
+        out[p + "duration_s"] = s.duration_s
+        out[p + "energy_kwh"] = s.energy.total_j / J_PER_KWH
+        out[p + "energy_cpu_kwh"] = s.energy.cpu_j / J_PER_KWH
+        out[p + "energy_gpu_kwh"] = s.energy.gpu_j / J_PER_KWH
+        out[p + "energy_ram_kwh"] = s.energy.ram_j / J_PER_KWH
+        out[p + "carbon_g"] = carbon.carbon_g(s.energy.total_j)
+        out[p + "cpu_time_s"] = s.cpu_s
+    return out
+
+
+def source_tags(t: Tracker | Totals) -> dict[str, str]:
+    s = t.sources
+    tags = {
+        "wattsup.source.cpu": s.cpu,
+        "wattsup.source.gpu": s.gpu,
+        "wattsup.source.ram": s.ram,
+    }
+    if s.gpu != "none":
+        tags["wattsup.gpu_attribution"] = s.attribution_gpu
+    return tags
+
+
+def ensure_experiment(client: MlflowClient, name: str | None = None, experiment_id: str | None = None) -> str:
+    """Experiment id for ``experiment_id``, else ``name`` (created if missing), else
+    ``$MLFLOW_EXPERIMENT_ID`` / ``$MLFLOW_EXPERIMENT_NAME``, else the Default experiment."""
+    experiment_id = experiment_id or (None if name else os.environ.get("MLFLOW_EXPERIMENT_ID"))
+    if experiment_id:
+        return str(experiment_id)
+    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def create_run(client: MlflowClient, experiment_id: str, run_name: str | None, tags: Mapping[str, str] | None = None) -> str:
+    base = {"mlflow.user": _user(), "mlflow.source.type": "LOCAL", "mlflow.source.name": sys.argv[0] or "python"}
+    base.update(tags or {})
+    return client.create_run(experiment_id, run_name=run_name, tags=base).info.run_id
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+@dataclass
+class Recording:
+    """A tracker wired to a sink: logs the start-time params/tags, streams the power series,
+    and on :meth:`finish` logs totals, stages, carbon and sources.
+
+    With ``as_stage`` (a tracked block inside a command already tracked by ``wattsup run`` for
+    the same run) only ``stage/<as_stage>/...`` metrics are written, so the outer totals are not
+    overwritten.
+    """
+
+    sink: MlflowSink
+    tracker: Tracker
+    carbon: CarbonConfig
+    tags: dict[str, str] = field(default_factory=dict)
+    as_stage: str | None = None
+    totals: Totals | None = None
+
+    def start(self) -> "Recording":
+        if self.as_stage is None:
+            t = self.tracker
+            params = {**self.carbon.params(), "wattsup.interval_s": f"{t.interval_s:g}"}
+            if t.sources.cpu.endswith("estimate") or t.sources.ram.endswith("estimate"):
+                params.update(t.cpu_model.params())
+                params.update(t.ram_model.params())
+            self.sink.log_params(params)
+            self.sink.set_tags(
+                {
+                    "wattsup.version": __version__,
+                    **t.hardware_tags(),
+                    **source_tags(t),
+                    **self.carbon.tags(),
+                    **self.tags,
+                }
+            )
+            t.add_callback(self.sink.log_sample)
+        self.tracker.start()
+        return self
+
+    def finish(self, extra_tags: Mapping[str, str] | None = None) -> Totals:
+        totals = self.tracker.stop()
+        self.totals = totals
+        if self.as_stage is not None:
+            block = StageResult(self.as_stage, 0.0, totals.duration_s, totals.duration_s, totals.energy, totals.cpu_s)
+            self.sink.log_metrics(stage_metrics([block, *self._stages()], self.carbon))
+        else:
+            self.sink.log_metrics(summary_metrics(totals, self.carbon))
+            self.sink.log_metrics(stage_metrics(self._stages(), self.carbon))
+            tags = source_tags(totals)
+            tags.update({f"wattsup.warning.{k}": v for k, v in totals.warnings.items()})
+            self.sink.set_tags(tags)
+        if extra_tags:
+            self.sink.set_tags(extra_tags)
+        return totals
+
+    def _stages(self) -> list[StageResult]:
+        if self.as_stage is None:
+            return self.tracker.stages
+        return [
+            StageResult(f"{self.as_stage}.{s.name}", s.start_s, s.end_s, s.duration_s, s.energy, s.cpu_s, s.count)
+            for s in self.tracker.stages
+        ]
+
+
+def make_tracker(
+    *,
+    tree=None,
+    interval_s: float = 1.0,
+    cpu_tdp_w: float | None = None,
+    cpu_w_per_thread: float | None = None,
+    powercap_root: str | None = None,
+    nvml: Any = None,
+) -> Tracker:
+    return Tracker(
+        tree,
+        interval_s=interval_s,
+        powercap_root=powercap_root,
+        nvml=nvml,
+        cpu_model=cpu_power_model(cpu_w_per_thread=cpu_w_per_thread, cpu_tdp_w=cpu_tdp_w),
+    )

@@ -1,0 +1,51 @@
+"""docs/metrics.md is the public list of keys: everything we log must be on it."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import only_run, wattsup
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+
+
+def documented():
+    """Backticked keys in the first column of the tables; <placeholders> match one segment."""
+    keys = set()
+    for line in DOC.read_text().splitlines():
+        m = re.match(r"\|\s*`([^`]+)`\s*\|", line)
+        if m:
+            keys.add(m.group(1))
+    return keys
+
+
+def pattern(key):
+    parts = re.split(r"(<[a-z_]+>)", key)
+    return re.compile("".join(r"[^/]+" if p.startswith("<") else re.escape(p) for p in parts) + "$")
+
+
+def undocumented(keys, doc):
+    pats = [pattern(k) for k in doc]
+    return sorted(k for k in keys if not k.startswith("mlflow.") and not any(p.match(k) for p in pats))
+
+
+def test_every_logged_key_is_documented(tracking_uri, client, experiment, tmp_path):
+    doc = documented()
+    assert {"energy_kwh", "carbon_g", "wattsup.source.cpu", "stage/<name>/energy_kwh"} <= doc
+    r = wattsup("run", "--experiment", experiment, "--quiet", "--tag", "user=me", "--",
+                sys.executable, "-c", "sum(range(10**6))")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    import mlflow_wattsup
+
+    with mlflow_wattsup.track(experiment=experiment + "-py") as t:
+        with t.stage("a"):
+            pass
+    for run in (only_run(client, experiment), only_run(client, experiment + "-py")):
+        logged = set(run.data.metrics) | set(run.data.params) | {k for k in run.data.tags if k != "user"}
+        assert undocumented(logged, doc) == []
+
+
+def test_checker_catches_an_undocumented_key():
+    assert undocumented({"energy_kwh", "stage/x/energy_kwh", "energy_total_j"}, documented()) == ["energy_total_j"]
