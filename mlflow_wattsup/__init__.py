@@ -14,12 +14,20 @@ Layers, each importing only from those above it:
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "track"]
+__all__ = ["__version__", "track", "log_model_cost", "log_dice", "model_cost", "dice_files"]
+
+_LAZY = {
+    "track": "api",
+    "log_model_cost": "log",
+    "log_dice": "log",
+    "model_cost": "flops",
+    "dice_files": "dice",  # the function dice() lives in mlflow_wattsup.dice
+}
 
 
 def __getattr__(name):
-    if name == "track":
-        from .api import track
+    if name in _LAZY:
+        import importlib
 
-        return track
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'mlflow_wattsup' has no attribute {name!r}")

@@ -127,6 +127,27 @@ class track:
     def stages(self) -> list[StageResult]:
         return self.tracker.stages
 
+    def epochs(self, planned: int | None = None, warmup: int = 1):
+        """Per-epoch energy and a predicted total for ``planned`` epochs, see
+        :mod:`mlflow_wattsup.training`."""
+        from .training import EpochEnergy
+
+        if self._recording is None:
+            raise RuntimeError("call epochs() inside the 'with track(...)' block")
+        return EpochEnergy(self.tracker, self._recording.sink, self.carbon, planned, warmup)
+
+    def log_model_cost(self, model, input_shape=None, example_inputs=None, samples_seen=None):
+        """:func:`mlflow_wattsup.log_model_cost` into this run."""
+        from .log import log_model_cost
+
+        return log_model_cost(model, input_shape, example_inputs, samples_seen=samples_seen, run_id=self.run_id)
+
+    def log_dice(self, result, prefix: str = "dice"):
+        """:func:`mlflow_wattsup.log_dice` into this run."""
+        from .log import log_dice
+
+        return log_dice(result, prefix=prefix, sink=self._recording.sink)
+
     # -- decorator ------------------------------------------------------------------------------
 
     def __call__(self, fn: Callable) -> Callable:

@@ -80,8 +80,59 @@ def build_parser() -> argparse.ArgumentParser:
     _carbon_options(run)
     _meter_options(run)
     run.add_argument("--quiet", action="store_true", help="no live status line or summary")
+    ep = run.add_argument_group("training epochs (from the command's output)")
+    ep.add_argument("--epoch-regex", metavar="REGEX",
+                    help="each output line matching REGEX ends an epoch: logs epoch_energy_kwh etc. at "
+                    "step = the regex's first group if it is a number, else 0, 1, 2...; the command's "
+                    "output then goes through a pipe")  # fmt: skip
+    ep.add_argument("--planned-epochs", type=int, metavar="N", help="predict the total energy for N epochs")
+    ep.add_argument("--warmup-epochs", type=int, default=1, metavar="K",
+                    help="epochs measured before the first prediction (default 1)")  # fmt: skip
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run")
     run.set_defaults(func=cmd_run)
+
+    d = sub.add_parser(
+        "dice",
+        help="per-label Dice of two label volumes, logged to a run",
+        description="Per-label Dice, volumes and volume differences of PRED against REF (.mgz, .nii, "
+        ".nii.gz on the same grid), with FreeSurfer label names ($FREESURFER_HOME/FreeSurferColorLUT.txt "
+        "or the built-in aseg+DKT table). Logs dice/<name>, dice_mean and a CSV to the run "
+        "(--run-id, $MLFLOW_RUN_ID, or a new run) unless --no-log.",
+    )
+    d.add_argument("pred", help="predicted segmentation")
+    d.add_argument("ref", help="reference segmentation")
+    d.add_argument("--labels", help="comma-separated label IDs to score (default: every label found but 0)")
+    d.add_argument("--include-background", action="store_true", help="also score label 0")
+    d.add_argument("--lut", help="colour LUT for label names (default: FreeSurfer's, else built-in)")
+    d.add_argument("--merge", help="merge labels first: 'aseg' (cortical parcels -> cortex), 'fastsurfer-aseg', "
+                   "or FIRST[-LAST]:TARGET,... e.g. 1000-1999:3,2000-2999:42")  # fmt: skip
+    d.add_argument("--prefix", default="dice", help="metric prefix (default dice: dice/<name>, dice_mean)")
+    d.add_argument("--csv", metavar="FILE", help="also write the table to FILE")
+    d.add_argument("--no-log", action="store_true", help="print only, log nothing to MLflow")
+    d.add_argument("--run-id", help="log to this run (default: $MLFLOW_RUN_ID, else a new run)")
+    d.add_argument("--experiment", help="experiment for a new run")
+    d.add_argument("--tracking-uri", help="MLflow tracking URI")
+    d.set_defaults(func=cmd_dice)
+
+    fl = sub.add_parser(
+        "flops",
+        help="parameters, MACs and FLOPs of a torch model, logged to a run",
+        description="Count params, MACs and FLOPs (= 2 x MACs) of one forward pass with ptflops (ATen "
+        "backend; ptflops' module backend and torch's FlopCounterMode as cross-checks) and log them "
+        "with a per-layer CSV. The model comes from --model MODULE:CALLABLE (called with no "
+        "arguments) or --model-uri (an MLflow PyTorch model).",
+    )
+    src = fl.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar="MODULE:CALLABLE", help="e.g. mlflow_wattsup.models.fastsurfer_cnn:FastSurferCNN")
+    src.add_argument("--model-uri", help="e.g. runs:/<run_id>/model")
+    fl.add_argument("--input-shape", action="append", required=True, metavar="N,C,H,W",
+                    help="input shape with batch, comma-separated; repeat for several inputs")  # fmt: skip
+    fl.add_argument("--samples", type=int, help="samples seen in training: also log train_flops_estimate")
+    fl.add_argument("--no-log", action="store_true", help="print only")
+    fl.add_argument("--run-id", help="log to this run (default: $MLFLOW_RUN_ID, else a new run)")
+    fl.add_argument("--experiment", help="experiment for a new run")
+    fl.add_argument("--tracking-uri", help="MLflow tracking URI")
+    fl.set_defaults(func=cmd_flops)
 
     regions = sub.add_parser("regions", help="list the carbon-intensity regions known offline",
                              description="List regions and their carbon intensity (g CO2eq/kWh) from "
@@ -147,6 +198,97 @@ def cmd_flush(args) -> int:
     if done == 0 and left == 0:
         print(f"wattsup: nothing to replay in {directory}", file=sys.stderr)
     return 0 if left == 0 else 1
+
+
+# -- wattsup dice / flops --------------------------------------------------------------------
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def cmd_dice(args) -> int:
+    from .dice import DiceInputError, dice_files
+    from .labels import LabelError, default_names, parse_merge, read_lut
+
+    try:
+        names, source = (read_lut(args.lut), args.lut) if args.lut else default_names()
+        merge = parse_merge(args.merge) if args.merge else None
+        labels = _int_list(args.labels, "--labels") if args.labels else None
+        res = dice_files(args.pred, args.ref, labels=labels, names=names, names_source=source,
+                         include_background=args.include_background, merge=merge, merge_name=args.merge or "")  # fmt: skip
+    except (DiceInputError, LabelError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{'label':>6}  {'name':<36} {'dice':>7} {'pred mm3':>11} {'ref mm3':>11} {'vol diff':>8}")
+    for s in res.scores:
+        vd = "" if s.volume_diff is None else f"{s.volume_diff:+8.1%}"
+        print(f"{s.label:>6}  {s.name:<36} {s.dice:7.4f} {s.volume_pred_mm3:11.1f} {s.volume_ref_mm3:11.1f} {vd:>8}")
+    print(f"mean Dice {res.mean:.4f} over {len(res.scores)} labels" + (f"; absent: {list(res.absent)}" if res.absent else ""))
+    if args.csv:
+        with open(args.csv, "w") as f:
+            f.write(res.to_csv())
+    if not args.no_log:
+        from .log import log_dice, target_run
+
+        with target_run(args.run_id, args.experiment, "dice", args.tracking_uri) as sink:
+            log_dice(res, prefix=args.prefix, sink=sink)
+            print(f"logged to run {sink.run_id}", file=sys.stderr)
+    return 0
+
+
+def _load_model(args):
+    if args.model_uri:
+        import mlflow.pytorch
+
+        return mlflow.pytorch.load_model(args.model_uri, map_location="cpu")
+    import importlib
+
+    mod_name, sep, attr = args.model.partition(":")
+    if not sep or not attr:
+        raise UsageError(f"--model {args.model!r} is not MODULE:CALLABLE")
+    try:
+        obj = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"cannot load {args.model}: {exc}") from None
+    from torch import nn
+
+    if not isinstance(obj, nn.Module) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, nn.Module):
+        raise UsageError(f"{args.model} is not a torch.nn.Module nor a callable returning one")
+    return obj
+
+
+def cmd_flops(args) -> int:
+    shapes = [tuple(_int_list(s, "--input-shape")) for s in args.input_shape]
+    if any(not s or min(s) < 1 for s in shapes):
+        raise UsageError("--input-shape needs positive sizes, batch included, e.g. 1,7,256,256")
+    from .flops import ModelCostError, model_cost
+
+    model = _load_model(args)
+    try:
+        cost = model_cost(model, shapes if len(shapes) > 1 else shapes[0])
+    except ModelCostError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"params {cost.params:,} (trainable {cost.params_trainable:,})")
+    print(f"MACs   {cost.macs:,} ({cost.macs / 1e9:.3f} G)  [{cost.backend}]")
+    print(f"FLOPs  {cost.flops:,} (2 x MACs)")
+    for b, m in cost.checks.items():
+        print(f"  cross-check {b}: {m / 1e9:.3f} GMAC ({(m - cost.macs) / cost.macs:+.2%})" if cost.macs else f"  {b}: {m}")
+    for b, e in cost.errors.items():
+        print(f"  {b} failed: {e}")
+    if args.samples is not None:
+        print(f"train_flops_estimate {cost.train_flops_estimate(args.samples):.4g} (3 x forward FLOPs x {args.samples} samples)")
+    if not args.no_log:
+        from .log import log_cost, target_run
+
+        with target_run(args.run_id, args.experiment, type(model).__name__, args.tracking_uri) as sink:
+            log_cost(cost, sink, args.samples)
+            print(f"logged to run {sink.run_id}", file=sys.stderr)
+    return 0
 
 
 # -- wattsup run ------------------------------------------------------------------------------
@@ -224,6 +366,18 @@ def cmd_run(args) -> int:
     if not args.interval > 0:
         raise UsageError(f"--interval must be > 0 seconds, got {args.interval:g}")
     tags = _parse_tags(args.tag)
+    epoch_re = None
+    if args.epoch_regex:
+        import re
+
+        try:
+            epoch_re = re.compile(args.epoch_regex)
+        except re.error as exc:
+            raise UsageError(f"--epoch-regex {args.epoch_regex!r}: {exc}") from None
+    if args.planned_epochs is not None and args.planned_epochs < 1:
+        raise UsageError(f"--planned-epochs must be >= 1, got {args.planned_epochs}")
+    if args.warmup_epochs < 1:
+        raise UsageError(f"--warmup-epochs must be >= 1, got {args.warmup_epochs}")
 
     from mlflow.tracking import MlflowClient
 
@@ -275,9 +429,12 @@ def cmd_run(args) -> int:
     env.update({"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": uri, RUN_ENV: run_id})
     become_subreaper()
     rec.start()
+    pipes = _OutputWatch(epoch_re, rec, args.planned_epochs, args.warmup_epochs) if epoch_re else None
     try:
-        pid = os.posix_spawnp(cmd[0], cmd, env, setpgroup=0)
+        pid = os.posix_spawnp(cmd[0], cmd, env, setpgroup=0, file_actions=pipes.file_actions() if pipes else ())
     except OSError as exc:
+        if pipes:
+            pipes.close()
         totals = rec.finish({"wattsup.exit_code": "127"})
         sink.close()
         if created:
@@ -287,8 +444,12 @@ def cmd_run(args) -> int:
         print(f"wattsup run: error: cannot run {cmd[0]!r}: {exc.strerror or exc}", file=sys.stderr)
         return code
 
+    if pipes:
+        pipes.start()
     runner = _ChildRunner(pid)
     exit_code, signalled = runner.wait(tracker)
+    if pipes:
+        pipes.join()
     status_line.clear()
     status = "KILLED" if signalled or exit_code >= 128 else ("FAILED" if exit_code != 0 else "FINISHED")
     totals = rec.finish({"wattsup.exit_code": str(exit_code), "wattsup.status": status})
@@ -307,6 +468,77 @@ def _shell_join(cmd: list[str]) -> str:
     import shlex
 
     return shlex.join(cmd)
+
+
+class _OutputWatch:
+    """Pipes the command's stdout/stderr through us, copying every byte on, and ends an epoch at
+    each line matching ``pattern``."""
+
+    def __init__(self, pattern, rec, planned, warmup):
+        from .training import EpochEnergy
+
+        self.pattern = pattern
+        self.epochs = EpochEnergy(rec.tracker, rec.sink, rec.carbon, planned, warmup)
+        self._pipes = [os.pipe(), os.pipe()]
+        self._threads = []
+
+    def file_actions(self):
+        (r1, w1), (r2, w2) = self._pipes
+        return [(os.POSIX_SPAWN_DUP2, w1, 1), (os.POSIX_SPAWN_DUP2, w2, 2),
+                (os.POSIX_SPAWN_CLOSE, r1), (os.POSIX_SPAWN_CLOSE, r2)]  # fmt: skip
+
+    def start(self):
+        import threading
+
+        for (r, w), out in zip(self._pipes, (sys.stdout, sys.stderr)):
+            os.close(w)
+            t = threading.Thread(target=self._copy, args=(r, out), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _copy(self, fd, out):
+        target = out.buffer if hasattr(out, "buffer") else None
+        with os.fdopen(fd, "rb", buffering=0) as src:
+            pending = b""
+            while True:
+                chunk = src.read(65536)
+                if not chunk:
+                    break
+                if target is not None:
+                    target.write(chunk)
+                    target.flush()
+                else:
+                    out.write(chunk.decode(errors="replace"))
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    self._match(line.decode(errors="replace"))
+            if pending:
+                self._match(pending.decode(errors="replace"))
+
+    def _match(self, line):
+        m = self.pattern.search(line)
+        if not m:
+            return
+        epoch = None
+        if m.groups() and m.group(1) and m.group(1).isdigit():
+            epoch = int(m.group(1))
+        try:
+            self.epochs.end_epoch(epoch)
+        except Exception:  # a bad epoch number must not stop the copying
+            pass
+
+    def join(self):
+        for t in self._threads:
+            t.join(timeout=10)
+
+    def close(self):
+        for r, w in self._pipes:
+            for fd in (r, w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 class _ChildRunner:

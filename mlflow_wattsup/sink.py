@@ -151,6 +151,24 @@ class MlflowSink:
         if self._failures:  # offline: put new values on disk at once, a crash must not lose them
             self._spool_pending()
 
+    def log_text(self, text: str, artifact_file: str) -> bool:
+        """Upload a small text artifact now (tables, CSV). On failure the content is kept in the
+        spool directory beside the run's spool file and a notice says where; returns success."""
+        try:
+            self.client.log_text(self.run_id, text, artifact_file)
+            return True
+        except Exception as exc:
+            keep = spool_dir() / f"{self.run_id}-artifacts" / artifact_file
+            try:
+                keep.parent.mkdir(parents=True, exist_ok=True)
+                keep.write_text(text)
+                where = f"kept in {keep}"
+            except OSError:
+                where = "not kept"
+            if self._echo is not None:
+                print(f"wattsup: could not upload {artifact_file} ({type(exc).__name__}); {where}", file=self._echo)
+            return False
+
     @property
     def pending(self) -> int:
         with self._lock:

@@ -15,9 +15,8 @@ def documented():
     """Backticked keys in the first column of the tables; <placeholders> match one segment."""
     keys = set()
     for line in DOC.read_text().splitlines():
-        m = re.match(r"\|\s*`([^`]+)`\s*\|", line)
-        if m:
-            keys.add(m.group(1))
+        if line.startswith("| `"):
+            keys.update(re.findall(r"`([^`]+)`", line.split("|")[1]))
     return keys
 
 
@@ -37,11 +36,21 @@ def test_every_logged_key_is_documented(tracking_uri, client, experiment, tmp_pa
     r = wattsup("run", "--experiment", experiment, "--quiet", "--tag", "user=me", "--",
                 sys.executable, "-c", "sum(range(10**6))")  # fmt: skip
     assert r.returncode == 0, r.stderr
+    import numpy as np
+
     import mlflow_wattsup
+    from mlflow_wattsup.dice import dice
 
     with mlflow_wattsup.track(experiment=experiment + "-py") as t:
         with t.stage("a"):
             pass
+        ep = t.epochs(planned=2)
+        with ep.epoch():
+            ep.step()
+        t.log_dice(dice(np.array([[[1, 2, 9999]]]), np.array([[[1, 2, 3]]]), labels=[1, 2, 3, 4], merge=[(9999, 9999, 3)]))
+        t.log_dice(dice(np.array([[[1, 2]]]), np.array([[[1, 2]]])), prefix="dice_aseg")
+        torch = __import__("pytest").importorskip("torch")
+        t.log_model_cost(torch.nn.Linear(2, 2), (1, 2), samples_seen=10)
     for run in (only_run(client, experiment), only_run(client, experiment + "-py")):
         logged = set(run.data.metrics) | set(run.data.params) | {k for k in run.data.tags if k != "user"}
         assert undocumented(logged, doc) == []

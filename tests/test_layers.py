@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "mlflow_wattsup"
-LAYER_2 = {"carbon", "flops", "dice", "labels", "pipelines", "importers_parse"}
-HEAVY_BELOW_4 = ("mlflow", "torch", "matplotlib", "pandas")
+LAYER_2 = {"carbon", "flops", "dice", "labels", "models", "pipelines"}
+HEAVY_BELOW_4 = ("mlflow", "matplotlib", "pandas")
 
 
 def layer_of(module: str) -> int:
