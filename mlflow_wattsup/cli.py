@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import time
 from typing import Sequence
 
 from . import __version__
@@ -381,11 +379,13 @@ def cmd_run(args) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from .meters.estimator import EstimatorConfigError
-    from .meters.proctree import ProcessTreeMeter, become_subreaper
     from .carbon import CarbonConfigError
+    from .meters.estimator import EstimatorConfigError
+    from .meters.proctree import ProcessTreeMeter
     from .recording import RUN_ENV, CarbonConfig, Recording, create_run, ensure_experiment, make_tracker
+    from .runner import SpawnError, execute, run_status
     from .sink import MlflowSink
+    from .training import EpochEnergy
 
     try:
         carbon = CarbonConfig.resolve(args.carbon_intensity, args.region, args.pue)
@@ -427,31 +427,22 @@ def cmd_run(args) -> int:
 
     env = dict(os.environ)
     env.update({"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": uri, RUN_ENV: run_id})
-    become_subreaper()
+    on_line = None
+    if epoch_re is not None:
+        on_line = _epoch_watcher(epoch_re, EpochEnergy(tracker, sink, carbon, args.planned_epochs, args.warmup_epochs))
     rec.start()
-    pipes = _OutputWatch(epoch_re, rec, args.planned_epochs, args.warmup_epochs) if epoch_re else None
     try:
-        pid = os.posix_spawnp(cmd[0], cmd, env, setpgroup=0, file_actions=pipes.file_actions() if pipes else ())
-    except OSError as exc:
-        if pipes:
-            pipes.close()
-        totals = rec.finish({"wattsup.exit_code": "127"})
+        exit_code, signalled = execute(cmd, tracker, env, on_line=on_line)
+    except SpawnError as exc:
+        rec.finish({"wattsup.exit_code": str(exc.exit_code), "wattsup.status": "FAILED"})
         sink.close()
         if created:
             client.set_terminated(run_id, "FAILED")
         status_line.clear()
-        code = 127 if isinstance(exc, FileNotFoundError) else 126
-        print(f"wattsup run: error: cannot run {cmd[0]!r}: {exc.strerror or exc}", file=sys.stderr)
-        return code
-
-    if pipes:
-        pipes.start()
-    runner = _ChildRunner(pid)
-    exit_code, signalled = runner.wait(tracker)
-    if pipes:
-        pipes.join()
+        print(f"wattsup run: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
     status_line.clear()
-    status = "KILLED" if signalled or exit_code >= 128 else ("FAILED" if exit_code != 0 else "FINISHED")
+    status = run_status(exit_code, signalled)
     totals = rec.finish({"wattsup.exit_code": str(exit_code), "wattsup.status": status})
     sink.close()
     if created:
@@ -464,163 +455,23 @@ def cmd_run(args) -> int:
     return exit_code
 
 
+def _epoch_watcher(pattern, epochs):
+    """A line handler ending an epoch at each line matching ``pattern`` (epoch number from the
+    first group when it is a number)."""
+
+    def handle(line: str, elapsed: float) -> None:
+        m = pattern.search(line)
+        if m:
+            group = m.group(1) if m.groups() else None
+            epochs.end_epoch(int(group) if group and group.isdigit() else None)
+
+    return handle
+
+
 def _shell_join(cmd: list[str]) -> str:
     import shlex
 
     return shlex.join(cmd)
-
-
-class _OutputWatch:
-    """Pipes the command's stdout/stderr through us, copying every byte on, and ends an epoch at
-    each line matching ``pattern``."""
-
-    def __init__(self, pattern, rec, planned, warmup):
-        from .training import EpochEnergy
-
-        self.pattern = pattern
-        self.epochs = EpochEnergy(rec.tracker, rec.sink, rec.carbon, planned, warmup)
-        self._pipes = [os.pipe(), os.pipe()]
-        self._threads = []
-
-    def file_actions(self):
-        (r1, w1), (r2, w2) = self._pipes
-        return [(os.POSIX_SPAWN_DUP2, w1, 1), (os.POSIX_SPAWN_DUP2, w2, 2),
-                (os.POSIX_SPAWN_CLOSE, r1), (os.POSIX_SPAWN_CLOSE, r2)]  # fmt: skip
-
-    def start(self):
-        import threading
-
-        for (r, w), out in zip(self._pipes, (sys.stdout, sys.stderr)):
-            os.close(w)
-            t = threading.Thread(target=self._copy, args=(r, out), daemon=True)
-            t.start()
-            self._threads.append(t)
-
-    def _copy(self, fd, out):
-        target = out.buffer if hasattr(out, "buffer") else None
-        with os.fdopen(fd, "rb", buffering=0) as src:
-            pending = b""
-            while True:
-                chunk = src.read(65536)
-                if not chunk:
-                    break
-                if target is not None:
-                    target.write(chunk)
-                    target.flush()
-                else:
-                    out.write(chunk.decode(errors="replace"))
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    self._match(line.decode(errors="replace"))
-            if pending:
-                self._match(pending.decode(errors="replace"))
-
-    def _match(self, line):
-        m = self.pattern.search(line)
-        if not m:
-            return
-        epoch = None
-        if m.groups() and m.group(1) and m.group(1).isdigit():
-            epoch = int(m.group(1))
-        try:
-            self.epochs.end_epoch(epoch)
-        except Exception:  # a bad epoch number must not stop the copying
-            pass
-
-    def join(self):
-        for t in self._threads:
-            t.join(timeout=10)
-
-    def close(self):
-        for r, w in self._pipes:
-            for fd in (r, w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-
-
-class _ChildRunner:
-    """Wait for the child (its own process group), forwarding SIGINT/SIGTERM/SIGHUP to the group,
-    giving it the terminal's foreground when we had it, and reaping adopted orphans."""
-
-    FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.signalled: int | None = None
-        self._tty_fd = None
-        try:
-            if sys.stdin.isatty() and os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp():
-                self._tty_fd = sys.stdin.fileno()
-                os.tcsetpgrp(self._tty_fd, pid)
-                os.killpg(pid, signal.SIGCONT)  # in case it touched the terminal before this
-        except OSError:
-            self._tty_fd = None
-
-    def _forward(self, signum, frame) -> None:
-        self.signalled = signum
-        try:
-            os.killpg(self.pid, signum)
-        except ProcessLookupError:
-            pass
-
-    def wait(self, tracker) -> tuple[int, bool]:
-        """Wait for the child; returns (exit code, whether it ended by a signal).
-
-        Each exited child is first seen without reaping it (``waitid(WNOWAIT)``), then reaped and
-        its rusage added while the tracker cannot read the tree, so a zombie's CPU time is never
-        counted both from /proc and from ``wait4``.
-        """
-        tree = tracker.tree
-        old = {s: signal.signal(s, self._forward) for s in self.FORWARD}
-        try:
-            while True:
-                try:
-                    info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
-                except ChildProcessError:  # our child is gone without a status: should not happen
-                    return 1, bool(self.signalled)
-                if info is None:
-                    continue
-                with tracker.exclusive():
-                    pid, status, ru = os.wait4(info.si_pid, os.WNOHANG)
-                    if pid:
-                        tree.add_reaped(ru.ru_utime + ru.ru_stime)
-                if pid == self.pid:
-                    code = os.waitstatus_to_exitcode(status)
-                    if code < 0:
-                        code = 128 - code
-                    self._reap_orphans(tracker)
-                    return code, bool(self.signalled) or os.WIFSIGNALED(status)
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-            self._restore_tty()
-
-    @staticmethod
-    def _reap_orphans(tracker) -> None:
-        """Reap adopted orphans that already exited (never wait for live ones)."""
-        while True:
-            with tracker.exclusive():
-                try:
-                    pid, status, ru = os.wait4(-1, os.WNOHANG)
-                except ChildProcessError:
-                    return
-                if pid == 0:
-                    return
-                tracker.tree.add_reaped(ru.ru_utime + ru.ru_stime)
-
-    def _restore_tty(self) -> None:
-        if self._tty_fd is None:
-            return
-        old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-        try:
-            os.tcsetpgrp(self._tty_fd, os.getpgrp())
-        except OSError:
-            pass
-        finally:
-            signal.signal(signal.SIGTTOU, old)
 
 
 if __name__ == "__main__":  # pragma: no cover
