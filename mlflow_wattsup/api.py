@@ -136,11 +136,12 @@ class track:
             raise RuntimeError("call epochs() inside the 'with track(...)' block")
         return EpochEnergy(self.tracker, self._recording.sink, self.carbon, planned, warmup)
 
-    def log_model_cost(self, model, input_shape=None, example_inputs=None, samples_seen=None):
+    def log_model_cost(self, model, input_shape=None, example_inputs=None, samples_seen=None, passes: int = 1):
         """:func:`mlflow_wattsup.log_model_cost` into this run."""
         from .log import log_model_cost
 
-        return log_model_cost(model, input_shape, example_inputs, samples_seen=samples_seen, run_id=self.run_id)
+        return log_model_cost(model, input_shape, example_inputs, samples_seen=samples_seen, passes=passes,
+                              run_id=self.run_id)  # fmt: skip
 
     def log_dice(self, result, prefix: str = "dice"):
         """:func:`mlflow_wattsup.log_dice` into this run."""

@@ -302,11 +302,6 @@ def _parse_tags(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _fmt_duration(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 class _Status:
     """The live one-line status on a TTY; a line every ``every_s`` seconds elsewhere."""
 
@@ -322,7 +317,7 @@ class _Status:
         if self.quiet:
             return
         text = (
-            f"[wattsup] {_fmt_duration(s.elapsed_s)}  {s.power_w:6.1f} W  {s.energy.total_j / 3600:8.3f} Wh  "
+            f"[wattsup] {fmt_duration(s.elapsed_s)}  {s.power_w:6.1f} W  {s.energy.total_j / 3600:8.3f} Wh  "
             f"{self.carbon.carbon_g(s.energy.total_j):8.3f} g CO2eq{self.label}"
         )
         if self.tty:
@@ -336,23 +331,6 @@ class _Status:
         if self.tty:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
-
-
-def _summary(run_id: str, uri: str, totals, carbon, exit_code: int, status: str) -> str:
-    e = totals.energy
-    src = totals.sources
-    wh = lambda j: f"{j / 3600:.4g} Wh"  # noqa: E731
-    lines = [
-        f"wattsup: {status} in {_fmt_duration(totals.duration_s)} ({totals.duration_s:.1f} s), exit code {exit_code}",
-        f"  energy  {wh(e.total_j)}: CPU {wh(e.cpu_j)} [{src.cpu}], GPU {wh(e.gpu_j)} [{src.gpu}], "
-        f"RAM {wh(e.ram_j)} [{src.ram}]; whole machine {wh(totals.machine_energy.total_j)}",
-        f"  carbon  {carbon.carbon_g(e.total_j):.4g} g CO2eq at {carbon.intensity.g_per_kwh:.4g} g/kWh "
-        f"({carbon.intensity.region or 'no region'}: {carbon.intensity.source}), PUE {carbon.pue:g}",
-        f"  cpu time {totals.cpu_s:.1f} s; mean power {totals.power_mean_w:.1f} W",
-        f"  run {run_id} at {uri}",
-    ]
-    lines += [f"  warning ({k}): {v}" for k, v in totals.warnings.items()]
-    return "\n".join(lines)
 
 
 def cmd_run(args) -> int:
@@ -382,7 +360,7 @@ def cmd_run(args) -> int:
     from .carbon import CarbonConfigError
     from .meters.estimator import EstimatorConfigError
     from .meters.proctree import ProcessTreeMeter
-    from .recording import RUN_ENV, CarbonConfig, Recording, create_run, ensure_experiment, make_tracker
+    from .recording import RUN_ENV, CarbonConfig, Recording, fmt_duration, make_tracker, resolve_run, summary_text
     from .runner import SpawnError, execute, run_status
     from .sink import MlflowSink
     from .training import EpochEnergy
@@ -401,16 +379,12 @@ def cmd_run(args) -> int:
 
     client = MlflowClient(args.tracking_uri)
     uri = client.tracking_uri
-    run_id = args.run_id or os.environ.get("MLFLOW_RUN_ID")
-    created = run_id is None
-    if created:
-        exp_id = ensure_experiment(client, args.experiment)
-        run_id = create_run(client, exp_id, args.run_name or os.path.basename(cmd[0]), {"wattsup.command": _shell_join(cmd)})
-    else:
-        try:
-            client.get_run(run_id)
-        except Exception as exc:
-            raise UsageError(f"run {run_id} not found at {uri} ({type(exc).__name__})") from None
+    try:
+        run_id, created = resolve_run(client, args.run_id, args.experiment, args.run_name or os.path.basename(cmd[0]),
+                                      {"wattsup.command": _shell_join(cmd)})  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not created:
         tags.setdefault("wattsup.command", _shell_join(cmd))
 
     quiet = args.quiet
@@ -451,7 +425,7 @@ def cmd_run(args) -> int:
         except Exception as exc:  # the store is down: the status will be missing, results are spooled
             print(f"wattsup: could not set run status ({type(exc).__name__})", file=sys.stderr)
     if not quiet:
-        print(_summary(run_id, uri, totals, carbon, exit_code, status), file=sys.stderr)
+        print(summary_text(run_id, uri, totals, carbon, exit_code, status), file=sys.stderr)
     return exit_code
 
 

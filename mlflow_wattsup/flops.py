@@ -60,14 +60,22 @@ class ModelCost:
     checks: dict[str, int] = field(default_factory=dict)  # backend -> MACs
     errors: dict[str, str] = field(default_factory=dict)  # backend -> why it failed
     layers: tuple[LayerCost, ...] = ()
+    passes: int = 1  # forward passes counted in ``macs`` (e.g. one per slice of a volume)
 
     @property
     def flops(self) -> int:
         return 2 * self.macs
 
+    def times(self, passes: int) -> "ModelCost":
+        """The cost of ``passes`` forward passes on the same input shape."""
+        import dataclasses
+
+        return dataclasses.replace(self, macs=self.macs * passes, passes=self.passes * passes,
+                                   checks={k: v * passes for k, v in self.checks.items()})  # fmt: skip
+
     def train_flops_estimate(self, samples: int) -> int:
-        """FLOPs of training on ``samples`` samples, if ``macs`` is for one sample."""
-        return TRAIN_FLOPS_FACTOR * self.flops * samples
+        """FLOPs of training on ``samples`` samples, if one pass is one sample."""
+        return TRAIN_FLOPS_FACTOR * (self.flops // self.passes) * samples
 
     def layers_csv(self) -> str:
         out = io.StringIO()
@@ -76,6 +84,37 @@ class ModelCost:
         for lay in self.layers:
             w.writerow([lay.name, lay.type, lay.params, lay.macs])
         return out.getvalue()
+
+
+class FlopCount:
+    """Filled in by :func:`counting`: MACs of every torch op run in the block."""
+
+    backend = "torch-flop-counter"
+
+    def __init__(self) -> None:
+        self.flops = 0
+
+    @property
+    def macs(self) -> int:
+        return self.flops // 2
+
+
+@contextlib.contextmanager
+def counting():
+    """Count the FLOPs of whatever torch code runs in the block (``FlopCounterMode``; also
+    TorchScript models), e.g. a whole inference pipeline, at no extra forward pass::
+
+        with counting() as c:
+            run_inference()
+        c.macs
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    result = FlopCount()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        yield result
+    result.flops = int(counter.get_total_flops())
 
 
 def _as_inputs(model: nn.Module, input_shape, example_inputs) -> tuple[tuple, dict]:
@@ -152,6 +191,15 @@ def _flop_counter(model: nn.Module, args: tuple, kwargs: dict) -> tuple[int, tup
     return counter.get_total_flops() // 2, tuple(layers)
 
 
+def _set_training(model: nn.Module, mode: bool) -> None:
+    """train()/eval() where supported (exported graph modules refuse both and stay as traced)."""
+    if model.training != mode:
+        try:
+            model.train(mode)
+        except NotImplementedError:
+            pass
+
+
 def model_cost(
     model: nn.Module,
     input_shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
@@ -177,7 +225,7 @@ def model_cost(
     errors: dict[str, str] = {}
     layers: tuple[LayerCost, ...] = ()
     try:
-        model.eval()
+        _set_training(model, False)
         with torch.no_grad():
             for b in dict.fromkeys([*backends, "torch-flop-counter"]):  # the table needs the last
                 try:
@@ -188,7 +236,7 @@ def model_cost(
                 except Exception as exc:  # a counter failing is a cross-check lost, not an error
                     errors[b] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     finally:
-        model.train(was_training)
+        _set_training(model, was_training)
     chosen = next((b for b in backends if b in checks), None)
     if chosen is None:
         raise ModelCostError("no FLOPs counter could run the model: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))

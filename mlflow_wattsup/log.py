@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any, Iterator, Sequence
 
-from .recording import create_run, ensure_experiment
+from .recording import resolve_run
 from .sink import MlflowSink
 
 
@@ -20,13 +19,9 @@ def target_run(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    created = False
     if run_id is None and mlflow.active_run() is not None:
         run_id = mlflow.active_run().info.run_id
-    run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
-    if run_id is None:
-        run_id = create_run(client, ensure_experiment(client, experiment), run_name)
-        created = True
+    run_id, created = resolve_run(client, run_id, experiment, run_name)
     sink = MlflowSink(run_id, client, flush_interval_s=0)
     status = "FAILED"
     try:
@@ -48,9 +43,10 @@ def model_cost_metrics(cost, samples_seen: int | None = None) -> dict[str, float
 
 
 def model_cost_tags(cost) -> dict[str, str]:
+    shape = ";".join("x".join(map(str, s)) for s in cost.input_shapes)
     tags = {
         "wattsup.flops_backend": cost.backend,
-        "wattsup.flops_input_shape": ";".join("x".join(map(str, s)) for s in cost.input_shapes),
+        "wattsup.flops_input_shape": shape if cost.passes == 1 else f"{cost.passes} passes x {shape}",
     }
     if cost.errors:
         tags["wattsup.flops_errors"] = "; ".join(f"{k}: {v}" for k, v in cost.errors.items())
@@ -63,17 +59,19 @@ def log_model_cost(
     example_inputs: Any = None,
     *,
     samples_seen: int | None = None,
+    passes: int = 1,
     run_id: str | None = None,
     experiment: str | None = None,
     backends: Sequence[str] | None = None,
 ):
     """Count and log ``params``, ``params_trainable``, ``macs``, ``flops`` (= 2 x MACs), the
-    cross-check counts, and the per-layer table (``wattsup/model_layers.csv``). With
-    ``samples_seen``, also ``train_flops_estimate`` (3 x forward FLOPs x samples; ``macs`` must
-    then be for one sample). Returns the :class:`~mlflow_wattsup.flops.ModelCost`."""
+    cross-check counts, and the per-layer table (``wattsup/model_layers.csv``). ``passes``: the
+    run made that many forward passes on this input shape (e.g. one per slice), and ``macs`` is
+    their total. With ``samples_seen``, also ``train_flops_estimate`` (3 x forward FLOPs of one
+    pass x samples). Returns the :class:`~mlflow_wattsup.flops.ModelCost`."""
     from .flops import DEFAULT_BACKENDS, model_cost
 
-    cost = model_cost(model, input_shape, example_inputs, backends or DEFAULT_BACKENDS)
+    cost = model_cost(model, input_shape, example_inputs, backends or DEFAULT_BACKENDS).times(passes)
     with target_run(run_id, experiment, run_name=type(model).__name__) as sink:
         log_cost(cost, sink, samples_seen)
     return cost

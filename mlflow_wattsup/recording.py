@@ -118,6 +118,25 @@ def create_run(client: MlflowClient, experiment_id: str, run_name: str | None, t
     return client.create_run(experiment_id, run_name=run_name, tags=base).info.run_id
 
 
+def resolve_run(
+    client: MlflowClient,
+    run_id: str | None = None,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> tuple[str, bool]:
+    """(run id, created): ``run_id``, else ``$MLFLOW_RUN_ID`` (the run ``mlflow run`` made), else
+    a new run in ``experiment``. Raises ValueError (one line) for an unknown run id."""
+    run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
+    if run_id is None:
+        return create_run(client, ensure_experiment(client, experiment), run_name, tags), True
+    try:
+        client.get_run(run_id)
+    except Exception as exc:
+        raise ValueError(f"run {run_id} not found at {client.tracking_uri} ({type(exc).__name__})") from None
+    return run_id, False
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -204,3 +223,25 @@ def make_tracker(
         nvml=nvml,
         cpu_model=cpu_power_model(cpu_w_per_thread=cpu_w_per_thread, cpu_tdp_w=cpu_tdp_w),
     )
+
+
+def fmt_duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def summary_text(run_id: str, uri: str, totals, carbon, exit_code: int, status: str) -> str:
+    e = totals.energy
+    src = totals.sources
+    wh = lambda j: f"{j / 3600:.4g} Wh"  # noqa: E731
+    lines = [
+        f"wattsup: {status} in {fmt_duration(totals.duration_s)} ({totals.duration_s:.1f} s), exit code {exit_code}",
+        f"  energy  {wh(e.total_j)}: CPU {wh(e.cpu_j)} [{src.cpu}], GPU {wh(e.gpu_j)} [{src.gpu}], "
+        f"RAM {wh(e.ram_j)} [{src.ram}]; whole machine {wh(totals.machine_energy.total_j)}",
+        f"  carbon  {carbon.carbon_g(e.total_j):.4g} g CO2eq at {carbon.intensity.g_per_kwh:.4g} g/kWh "
+        f"({carbon.intensity.region or 'no region'}: {carbon.intensity.source}), PUE {carbon.pue:g}",
+        f"  cpu time {totals.cpu_s:.1f} s; mean power {totals.power_mean_w:.1f} W",
+        f"  run {run_id} at {uri}",
+    ]
+    lines += [f"  warning ({k}): {v}" for k, v in totals.warnings.items()]
+    return "\n".join(lines)

@@ -435,6 +435,8 @@ class Tracker:
         the cumulative energy between readings. Repeated names are summed."""
         if end_s < start_s:
             raise ValueError(f"stage {name!r} ends ({end_s}) before it starts ({start_s})")
+        if self._stopped is None and end_s > self._series[-1][0]:
+            self.sample()  # the stage ends after the last reading: read now, do not extrapolate
         (e0, c0), (e1, c1) = self.energy_at(start_s), self.energy_at(end_s)
         res = StageResult(stage_key(name), start_s, end_s, end_s - start_s, e1 - e0, c1 - c0)
         with self._lock:
