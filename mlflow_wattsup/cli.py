@@ -132,6 +132,66 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--tracking-uri", help="MLflow tracking URI")
     fl.set_defaults(func=cmd_flops)
 
+    rep = sub.add_parser(
+        "report",
+        help="compare runs: N and mean (sd) of runtime, energy, carbon, Dice, params, FLOPs per group",
+        description="Group the runs of EXPERIMENT(s) (default: by pipeline and device tags) and print, per "
+        "group, N and mean (sd) of runtime, energy (Wh), carbon (g), Dice, params and FLOPs. Runs whose "
+        "energy was estimated or imported are kept apart and marked. --carbon-intensity/--region/--pue "
+        "recompute carbon from the logged energy (labelled as recomputed).",
+    )
+    rep.add_argument("experiments", nargs="+", metavar="EXPERIMENT", help="experiment name(s)")
+    rep.add_argument("--filter", default="", help="MLflow search filter, e.g. \"tags.wattsup.device = 'gpu'\"")
+    rep.add_argument("--group-by", default="pipeline,device",
+                     help="comma-separated tag/param names (wattsup. prefix optional); default pipeline,device")  # fmt: skip
+    rep.add_argument("--format", default="markdown", choices=["markdown", "csv", "html"])
+    rep.add_argument("--layout", default="long", choices=["long", "wide"],
+                     help="wide: one column per value of the last group key (e.g. CPU | GPU)")  # fmt: skip
+    rep.add_argument("--runtime-unit", default="h", choices=["s", "min", "h"])
+    rep.add_argument("--carbon-intensity", metavar="G_PER_KWH", help="what-if: recompute carbon at this intensity")
+    rep.add_argument("--region", help="what-if: recompute carbon with this region's intensity")
+    rep.add_argument("--pue", help="what-if: recompute carbon with this PUE")
+    rep.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    rep.add_argument("--tracking-uri", help="MLflow tracking URI")
+    rep.set_defaults(func=cmd_report)
+
+    pl = sub.add_parser(
+        "plot",
+        help="plots: energy vs runtime, power trace, cost vs Dice, energy per stage",
+        description="Draw a PNG. scatter: energy vs runtime of the experiment's runs; pareto: energy (or "
+        "carbon) vs mean Dice with the Pareto front; trace: a run's power over time with its stages; "
+        "stages: energy per stage of a run (mean over --run-id's). With --log-to RUN_ID (default: the "
+        "--run-id of trace/stages) the PNG is also logged as an artifact of that run.",
+    )
+    pl.add_argument("kind", choices=["scatter", "pareto", "trace", "stages"])
+    pl.add_argument("--experiment", action="append", default=[], help="experiment (scatter, pareto); repeatable")
+    pl.add_argument("--run-id", action="append", default=[], help="run (trace: one; stages: one or more)")
+    pl.add_argument("--cost", default="energy", choices=["energy", "carbon"], help="pareto: cost axis")
+    pl.add_argument("--group-by", default="pipeline,device")
+    pl.add_argument("--filter", default="")
+    pl.add_argument("--output", "-o", metavar="FILE.png", help="default: wattsup-<kind>.png")
+    pl.add_argument("--log-to", metavar="RUN_ID", help="also log the PNG to this run (artifact wattsup/plots/)")
+    pl.add_argument("--no-log", action="store_true", help="never log the PNG to a run")
+    pl.add_argument("--tracking-uri", help="MLflow tracking URI")
+    pl.set_defaults(func=cmd_plot)
+
+    imp = sub.add_parser(
+        "import",
+        help="turn experiment-impact-tracker or CodeCarbon logs into runs",
+        description="eit DIR...: experiment-impact-tracker folders (impacttracker/data.json + info.pkl, per-stage "
+        "CSVs) become runs with energy, carbon, power series and stages (energy as EIT computes it; info.pkl "
+        "is read without running pickled code). codecarbon FILE...: each emissions.csv row becomes a run. "
+        "Importing the same data twice creates nothing new.",
+    )
+    imp.add_argument("tool", choices=["eit", "codecarbon"])
+    imp.add_argument("paths", nargs="+", metavar="PATH")
+    imp.add_argument("--experiment", help="default: eit-import / codecarbon-import")
+    imp.add_argument("--pue", help="PUE for carbon (EIT default 1.58, EIT's own default; CodeCarbon: the row's)")
+    imp.add_argument("--pipeline", help="wattsup.pipeline tag (EIT default: from the folder name)")
+    imp.add_argument("--device", choices=["cpu", "gpu"], help="wattsup.device tag (default: gpu if the log has GPUs)")
+    imp.add_argument("--tracking-uri", help="MLflow tracking URI")
+    imp.set_defaults(func=cmd_import)
+
     regions = sub.add_parser("regions", help="list the carbon-intensity regions known offline",
                              description="List regions and their carbon intensity (g CO2eq/kWh) from "
                              "CodeCarbon's offline tables, optionally filtered by QUERY.")  # fmt: skip
@@ -196,6 +256,117 @@ def cmd_flush(args) -> int:
     if done == 0 and left == 0:
         print(f"wattsup: nothing to replay in {directory}", file=sys.stderr)
     return 0 if left == 0 else 1
+
+
+# -- wattsup report / plot / import ---------------------------------------------------------
+
+
+def _group_by(text: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    if not keys:
+        raise UsageError("--group-by needs at least one name")
+    return tuple(k[len("wattsup."):] if k.startswith("wattsup.") else k for k in keys)
+
+
+def cmd_report(args) -> int:
+    from .carbon import CarbonConfigError
+    from .report import build, fetch_runs, what_if
+
+    try:
+        runs = fetch_runs(args.experiments, args.filter, args.tracking_uri)
+        table = build(runs, _group_by(args.group_by), args.runtime_unit,
+                      what_if(runs, args.carbon_intensity, args.region, args.pue))  # fmt: skip
+    except (CarbonConfigError, ValueError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+    if not table.groups:
+        raise UsageError(f"no run with wattsup metrics in {', '.join(args.experiments)}" + (f" matching {args.filter!r}" if args.filter else ""))
+    text = table.render(args.format, args.layout)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+        print(f"wattsup: report of {sum(table.n.values())} runs written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from . import plots
+    from .report import fetch_runs
+
+    client = MlflowClient(args.tracking_uri)
+    out = args.output or f"wattsup-{args.kind}.png"
+    try:
+        if args.kind in ("scatter", "pareto"):
+            if not args.experiment:
+                raise UsageError(f"plot {args.kind} needs --experiment")
+            runs = fetch_runs(args.experiment, args.filter, args.tracking_uri)
+            if args.kind == "scatter":
+                path = plots.energy_vs_runtime(runs, out, _group_by(args.group_by))
+            else:
+                path = plots.cost_vs_dice(runs, out, args.cost, _group_by(args.group_by))
+        else:
+            if not args.run_id:
+                raise UsageError(f"plot {args.kind} needs --run-id")
+            if args.kind == "trace":
+                path = plots.power_trace(client, args.run_id[0], out)
+            else:
+                path = plots.stage_energy(client, args.run_id, out)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wattsup: wrote {path}", file=sys.stderr)
+    log_to = None if args.no_log else (args.log_to or (args.run_id[0] if args.kind in ("trace", "stages") and args.run_id else None))
+    if log_to:
+        client.log_artifact(log_to, str(path), "wattsup/plots")
+        print(f"wattsup: logged to run {log_to} as wattsup/plots/{path.name}", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from .carbon import parse_number
+    from .importers.codecarbon import CodeCarbonError, read_csv
+    from .importers.eit import EIT_DEFAULT_PUE, EitError, read_folder
+    from .importing import write
+    from .recording import ensure_experiment
+
+    pue = None
+    if args.pue is not None:
+        try:
+            pue = parse_number(args.pue, "--pue", 1.0)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    elif args.tool == "eit":
+        pue = EIT_DEFAULT_PUE
+    client = MlflowClient(args.tracking_uri)
+    exp_id = ensure_experiment(client, args.experiment or f"{args.tool}-import")
+    failed = 0
+    for path in args.paths:
+        try:
+            if args.tool == "eit":
+                runs, notes = [read_folder(path)], []
+            else:
+                runs, notes = read_csv(path)
+        except (EitError, CodeCarbonError) as exc:
+            print(f"wattsup import: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        for note in notes:
+            print(f"wattsup import: {note}", file=sys.stderr)
+        for run in runs:
+            run_id, created = write(run, client, exp_id, pue, args.pipeline, args.device)
+            kwh = (run.cpu_j + run.gpu_j + run.ram_j) / 3.6e6
+            if created:
+                print(f"imported {run.name} -> run {run_id}: {run.duration_s / 3600:.3f} h, {kwh * 1000:.4g} Wh, "
+                      f"{len(run.stages)} stage(s), {run.samples} sample(s)")  # fmt: skip
+            else:
+                print(f"skipped {run.name}: already imported as run {run_id}")
+            for note in run.notes:
+                print(f"  note: {note}")
+    return 2 if failed else 0
 
 
 # -- wattsup dice / flops --------------------------------------------------------------------

@@ -75,6 +75,8 @@ def stage_metrics(stages: list[StageResult], carbon: CarbonConfig) -> dict[str, 
     out: dict[str, float] = {}
     for s in stages:
         p = f"stage/{s.name}/"
+        out[p + "start_s"] = s.start_s
+        out[p + "end_s"] = s.end_s
         out[p + "duration_s"] = s.duration_s
         out[p + "energy_kwh"] = s.energy.total_j / J_PER_KWH
         out[p + "energy_cpu_kwh"] = s.energy.cpu_j / J_PER_KWH
@@ -169,8 +171,11 @@ class Recording:
                 params.update(t.cpu_model.params())
                 params.update(t.ram_model.params())
             self.sink.log_params(params)
+            from .plugin import machine_tags  # the tags the run-context plugin gives fluent runs
+
             self.sink.set_tags(
                 {
+                    **machine_tags(),
                     "wattsup.version": __version__,
                     **t.hardware_tags(),
                     **source_tags(t),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "mlflow_wattsup"
-LAYER_2 = {"carbon", "flops", "dice", "labels", "models", "pipelines"}
+LAYER_2 = {"carbon", "flops", "dice", "labels", "models", "pipelines", "importers"}
 HEAVY_BELOW_4 = ("mlflow", "matplotlib", "pandas")
 
 

@@ -1,0 +1,129 @@
+import statistics
+import sys
+
+import pytest
+
+from helpers import wattsup
+from mlflow_wattsup.report import RunRow, build, fetch_runs, report, what_if
+
+
+def row(pipe, device, energy_kwh, duration_s, basis="rapl", dice=None, extra=None, run_id=None):
+    m = {"energy_kwh": energy_kwh, "duration_s": duration_s, "carbon_g": energy_kwh * 100.0}
+    if dice is not None:
+        m["dice_mean"] = dice
+    m.update(extra or {})
+    tags = {"wattsup.pipeline": pipe, "wattsup.device": device, "wattsup.source.cpu": basis,
+            "wattsup.source.gpu": "none", "wattsup.source.ram": "rapl" if basis == "rapl" else "estimate"}  # fmt: skip
+    return RunRow(run_id or f"{pipe}-{device}-{energy_kwh}", m, tags, {"wattsup.carbon_intensity_g_per_kwh": "100", "wattsup.pue": "1"})
+
+
+RUNS = [
+    row("freesurfer", "cpu", 0.010, 7200),
+    row("freesurfer", "cpu", 0.014, 10800),
+    row("fastsurfer", "cpu", 0.004, 3600, dice=0.80),
+    row("fastsurfer", "gpu", 0.001, 60, dice=0.82, extra={"params": 1.8e6, "flops": 4.7e13}),
+    row("fastsurfer", "gpu", 0.002, 90, basis="estimate", dice=0.81),
+    RunRow("orchestrator", {}, {"wattsup.pipeline": "demo"}, {}),
+]
+
+
+def test_groups_mean_sd_and_na():
+    rep = build(RUNS)
+    assert rep.skipped == 1  # a run with no wattsup metric is not a group
+    g = ("freesurfer", "cpu", "measured")
+    assert rep.n[g] == 2
+    energy = rep.cells[g]["energy"]
+    assert energy.mean == pytest.approx(12.0) and energy.sd == pytest.approx(statistics.stdev([10.0, 14.0]))
+    assert rep.cells[g]["runtime"].mean == pytest.approx(2.5)  # hours
+    assert rep.cells[g]["dice"].text() == "N/A" and rep.cells[g]["params"].text() == "N/A"
+    assert rep.cells[("fastsurfer", "gpu", "measured")]["flops"].text(big=True) == "47 T (-)"
+
+
+def test_estimates_are_never_averaged_with_measurements():
+    rep = build(RUNS)
+    assert ("fastsurfer", "gpu", "measured") in rep.groups and ("fastsurfer", "gpu", "estimated") in rep.groups
+    assert rep.n[("fastsurfer", "gpu", "measured")] == 1
+    md = rep.to_markdown()
+    est_line = next(ln for ln in md.splitlines() if "estimated" in ln and ln.startswith("|"))
+    assert "†" in est_line and any(n.startswith("† estimated") for n in md.splitlines())
+
+
+def test_wide_layout_matches_the_paper_table_shape():
+    head, body = build(RUNS).wide()
+    assert head[:4] == ["Pipeline", "Energy basis", "Runtime (hrs): CPU", "Runtime (hrs): GPU"]
+    assert "Carbon (g): CPU" in head and "Carbon (g): GPU" in head
+    fs = next(r for r in body if r[0] == "freesurfer")
+    assert fs[head.index("Runtime (hrs): GPU")] == "N/A"
+    assert fs[head.index("Energy (Wh): CPU")] == "12 (2.83)"
+
+
+def test_csv_and_html():
+    rep = build(RUNS)
+    lines = rep.to_csv().splitlines()
+    assert lines[0].startswith("pipeline,device,energy_basis,n,runtime_mean,runtime_sd,runtime_n")
+    assert any(ln.startswith("freesurfer,cpu,measured,2,") for ln in lines)
+    html = rep.to_html()
+    assert html.startswith("<table>") and "<td>freesurfer</td>" in html and "&lt;" not in html.split("<table>")[0]
+
+
+def test_what_if_carbon_recomputed_from_energy():
+    rep = build(RUNS, what_if=what_if(RUNS, carbon_intensity=30, pue=1.2))
+    g = ("freesurfer", "cpu", "measured")
+    assert rep.cells[g]["carbon"].mean == pytest.approx(12.0 / 1000 * 30 * 1.2)
+    assert "recomputed" in rep.header()[6] and any("recomputed" in n for n in rep.footnotes())
+    rq = what_if(RUNS, region="CA-QC")
+    assert rq[2].startswith(f"{rq[0]:.4g} g/kWh (CA-QC")
+    assert what_if(RUNS, pue=1.5)[0] == 100.0  # the intensity every run logged
+    with pytest.raises(ValueError):
+        what_if(RUNS, carbon_intensity="abc")
+
+
+def test_fetch_fast_path_equals_search_runs(client, experiment, tracking_uri):
+    exp = client.create_experiment(experiment)
+    for i in range(7):
+        rid = client.create_run(exp).info.run_id
+        client.log_metric(rid, "energy_kwh", 0.001 * i)
+        client.log_metric(rid, "energy_kwh", 0.002 * i, step=1)  # the latest value counts
+        client.log_metric(rid, "dice_mean", 0.5)
+        client.log_metric(rid, "unrelated", 1.0)
+        client.set_tag(rid, "wattsup.pipeline", f"p{i % 2}")
+        client.log_param(rid, "wattsup.pue", "1.2")
+    client.delete_run(rid)  # deleted runs are not reported
+    fast = fetch_runs([experiment], tracking_uri=tracking_uri)
+    slow = fetch_runs([experiment], tracking_uri=tracking_uri, fast=False)
+    assert len(fast) == 6
+    key = lambda rows: sorted((r.run_id, sorted(r.metrics.items()), sorted(r.tags.items()), sorted(r.params.items())) for r in rows)  # noqa: E731
+    assert key(fast) == key(slow)
+    assert all("unrelated" not in r.metrics for r in fast)
+
+
+def test_report_from_search_runs_dataframe(client, experiment, tracking_uri):
+    import mlflow
+
+    exp = client.create_experiment(experiment)
+    rid = client.create_run(exp).info.run_id
+    client.log_metric(rid, "energy_kwh", 0.5)
+    client.set_tag(rid, "wattsup.pipeline", "x")
+    rep = report(mlflow.search_runs([exp]))
+    assert rep.n[("x", "n/a", "measured")] == 1
+
+
+def test_cli_report(client, experiment, tracking_uri, tmp_path):
+    exp = client.create_experiment(experiment)
+    for e in (0.001, 0.003):
+        rid = client.create_run(exp).info.run_id
+        client.log_metric(rid, "energy_kwh", e)
+        client.log_metric(rid, "duration_s", 3600)
+        client.set_tag(rid, "wattsup.pipeline", "freesurfer")
+        client.set_tag(rid, "wattsup.device", "cpu")
+        client.set_tag(rid, "wattsup.source.cpu", "rapl")
+        client.set_tag(rid, "wattsup.source.ram", "rapl")
+    r = wattsup("report", experiment, "--layout", "wide", "--pue", "2", "--carbon-intensity", "100")
+    assert r.returncode == 0, r.stderr
+    assert "| freesurfer | measured | 1 (0) | 2 (1.41) | 0.4 (0.283) | N/A |" in r.stdout
+    assert "Carbon (g, recomputed): CPU" in r.stdout and "100 g/kWh (given), PUE 2" in r.stdout
+    out = tmp_path / "rep.csv"
+    assert wattsup("report", experiment, "--format", "csv", "-o", str(out)).returncode == 0
+    assert out.read_text().startswith("pipeline,device,energy_basis")
+    bad = wattsup("report", "no-such-experiment")
+    assert bad.returncode == 2 and "no experiment named" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
