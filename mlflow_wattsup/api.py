@@ -76,34 +76,46 @@ class track:
         self._flush_interval_s = flush_interval_s
         self._recording: Recording | None = None
         self._ended_run = False
+        self._created_deferred = False
         self.totals: Totals | None = None
 
     # -- context manager ------------------------------------------------------------------------
 
     def __enter__(self) -> "track":
+        from .recording import resolve_run
+        from .sink import Store, quick_http
+
         client = MlflowClient(self.tracking_uri)
         run_id = self.run_id
+        create = None
         active = mlflow.active_run()
         if run_id is None and active is not None:
             run_id = active.info.run_id
         if run_id is None:
             if self.tracking_uri:
                 mlflow.set_tracking_uri(self.tracking_uri)
-            exp_id = None if os.environ.get("MLFLOW_RUN_ID") else ensure_experiment(client, self.experiment)
-            run = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name)
-            run_id = run.info.run_id
-            self._ended_run = True
+            if Store(client).reachable():
+                exp_id = None if os.environ.get("MLFLOW_RUN_ID") else ensure_experiment(client, self.experiment)
+                run = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name)
+                run_id = run.info.run_id
+                self._ended_run = True
+            else:  # the server is down: measure anyway, create the run when it answers
+                with quick_http():
+                    run_id, _, create = resolve_run(client, None, self.experiment, self.run_name)
+                self._created_deferred = create is not None
         self.run_id = run_id
         for note in [*self.tracker.notes, self.carbon.intensity.warning]:
             if note and note not in _said:  # once per process, not once per decorated call
                 _said.add(note)
                 log.warning(note)
-        as_stage = (self.run_name or "python") if os.environ.get(RUN_ENV) == run_id else None
-        sink = MlflowSink(run_id, client, flush_interval_s=self._flush_interval_s)
+        as_stage = (self.run_name or "python") if run_id and os.environ.get(RUN_ENV) == run_id else None
+        sink = MlflowSink(run_id, client, create=create, flush_interval_s=self._flush_interval_s)
         self._recording = Recording(sink, self.tracker, self.carbon, self._tags, as_stage=as_stage).start()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        from .sink import quick_http
+
         rec = self._recording
         assert rec is not None, "track.__exit__ without __enter__"
         status = "FINISHED"
@@ -112,9 +124,18 @@ class track:
         try:
             self.totals = rec.finish({"wattsup.status": status})
         finally:
+            if self._ended_run or self._created_deferred:
+                rec.sink.terminate(status)
             rec.sink.close()
+            self.run_id = rec.sink.run_id
             if self._ended_run:
-                mlflow.end_run(status)
+                # the status is written (or spooled) by our sink; this only pops MLflow's fluent
+                # run, and must not hang on a server that is down
+                with quick_http():
+                    try:
+                        mlflow.end_run(status)
+                    except Exception:
+                        pass
         return False  # never swallow the block's exception
 
     # -- stages ---------------------------------------------------------------------------------

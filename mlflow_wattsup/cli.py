@@ -16,13 +16,22 @@ from . import __version__
 EXIT_USAGE = 2
 
 
+_LINE_BREAKS = {c: repr(chr(c))[1:-1] for c in (0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)}
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character Python treats as a line break escaped (user input may hold
+    any of them; our errors are one line)."""
+    return text.translate(_LINE_BREAKS)
+
+
 class UsageError(Exception):
     """A problem with the user's input: printed as one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def _carbon_options(p: argparse.ArgumentParser) -> None:
@@ -207,28 +216,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the environment as the user gave it, for the commands we run (ours is tuned below)
+_USER_ENV: dict[str, str] | None = None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    global _USER_ENV
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    _USER_ENV = dict(os.environ)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # we never phone home, nor does MLflow for us
+    # A down tracking server must cost seconds, not MLflow's default 7 retries over ~4 minutes:
+    # our sink spools and retries on its own. (Commands we run get the user's environment.)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
         if args.debug:
             raise
-        print(f"wattsup {args.command}: error: {exc}", file=sys.stderr)
+        print(f"wattsup {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, OSError) as exc:
         if args.debug:
             raise
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"wattsup {args.command}: error: {msg}", file=sys.stderr)
+        print(f"wattsup {args.command}: error: {one_line(msg)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # not the user's input: one line still, exit 1, details with --debug
+        if args.debug:
+            raise
+        msg = str(exc).splitlines()[0][:300] if str(exc) else ""
+        print(f"wattsup {args.command}: error: {type(exc).__name__}: {msg} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 # -- wattsup regions / flush ------------------------------------------------------------------
@@ -551,8 +576,9 @@ def cmd_run(args) -> int:
     client = MlflowClient(args.tracking_uri)
     uri = client.tracking_uri
     try:
-        run_id, created = resolve_run(client, args.run_id, args.experiment, args.run_name or os.path.basename(cmd[0]),
-                                      {"wattsup.command": _shell_join(cmd)})  # fmt: skip
+        run_id, created, create = resolve_run(client, args.run_id, args.experiment,
+                                              args.run_name or os.path.basename(cmd[0]),
+                                              {"wattsup.command": _shell_join(cmd)})  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if not created:
@@ -567,11 +593,13 @@ def cmd_run(args) -> int:
             print(f"wattsup: {n}", file=sys.stderr)
     status_line = _Status(carbon, tracker.sources.cpu == "estimate", quiet)
     tracker.add_callback(status_line)
-    sink = MlflowSink(run_id, client)
+    sink = MlflowSink(run_id, client, create=create)
     rec = Recording(sink, tracker, carbon, tags)
 
-    env = dict(os.environ)
-    env.update({"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": uri, RUN_ENV: run_id})
+    env = dict(_USER_ENV or os.environ)
+    env["MLFLOW_TRACKING_URI"] = uri
+    if run_id:  # the command's own MLflow logging joins our run (unknown yet if the store is down)
+        env.update({"MLFLOW_RUN_ID": run_id, RUN_ENV: run_id})
     on_line = None
     if epoch_re is not None:
         on_line = _epoch_watcher(epoch_re, EpochEnergy(tracker, sink, carbon, args.planned_epochs, args.warmup_epochs))
@@ -580,23 +608,21 @@ def cmd_run(args) -> int:
         exit_code, signalled = execute(cmd, tracker, env, on_line=on_line)
     except SpawnError as exc:
         rec.finish({"wattsup.exit_code": str(exc.exit_code), "wattsup.status": "FAILED"})
-        sink.close()
         if created:
-            client.set_terminated(run_id, "FAILED")
+            sink.terminate("FAILED")
+        sink.close()
         status_line.clear()
         print(f"wattsup run: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
     status_line.clear()
     status = run_status(exit_code, signalled)
     totals = rec.finish({"wattsup.exit_code": str(exit_code), "wattsup.status": status})
-    sink.close()
     if created:
-        try:
-            client.set_terminated(run_id, status)
-        except Exception as exc:  # the store is down: the status will be missing, results are spooled
-            print(f"wattsup: could not set run status ({type(exc).__name__})", file=sys.stderr)
+        sink.terminate(status)
+    sink.close()
     if not quiet:
-        print(summary_text(run_id, uri, totals, carbon, exit_code, status), file=sys.stderr)
+        print(summary_text(sink.run_id or "(not created yet: spooled)", uri, totals, carbon, exit_code, status),
+              file=sys.stderr)  # fmt: skip
     return exit_code
 
 

@@ -96,8 +96,14 @@ class DiceResult:
 
 def _as_labels(a: np.ndarray, what: str) -> np.ndarray:
     a = np.asarray(a)
-    if a.dtype.kind in "iub":
-        return a.astype(np.uint8) if a.dtype.kind == "b" else a
+    if a.dtype.kind == "b":
+        return a.astype(np.uint8)
+    if a.dtype == np.uint64:  # numpy mixes uint64 with signed integers as float64: make it int64
+        if a.size and int(a.max()) > np.iinfo(np.int64).max:
+            raise DiceInputError(f"{what} has label values above 2^63-1: not a label volume")
+        return a.astype(np.int64)
+    if a.dtype.kind in "iu":
+        return a
     if a.dtype.kind == "f":
         if not np.all(np.isfinite(a)):
             raise DiceInputError(f"{what} has NaN or infinite values: not a label volume")

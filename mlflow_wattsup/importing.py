@@ -92,7 +92,7 @@ def write(run: ImportedRun, client: MlflowClient, experiment_id: str, pue: float
     sink.log_params({"wattsup.pue": f"{p:g}", "wattsup.carbon_intensity_g_per_kwh": f"{intensity:.6g}",
                      "wattsup.region": run.region or "none"})  # fmt: skip
     sink.set_tags(tags)
+    sink.terminate("FINISHED", end_ms)
     sink.close()
-    client.set_terminated(run_id, "FINISHED", end_time=end_ms)
     return run_id, True
 

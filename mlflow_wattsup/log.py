@@ -21,16 +21,16 @@ def target_run(
     client = MlflowClient(tracking_uri)
     if run_id is None and mlflow.active_run() is not None:
         run_id = mlflow.active_run().info.run_id
-    run_id, created = resolve_run(client, run_id, experiment, run_name)
-    sink = MlflowSink(run_id, client, flush_interval_s=0)
+    run_id, created, create = resolve_run(client, run_id, experiment, run_name)
+    sink = MlflowSink(run_id, client, create=create, flush_interval_s=0)
     status = "FAILED"
     try:
         yield sink
         status = "FINISHED"
     finally:
-        sink.close()
         if created:
-            client.set_terminated(run_id, status)
+            sink.terminate(status)
+        sink.close()
 
 
 def model_cost_metrics(cost, samples_seen: int | None = None) -> dict[str, float]:

@@ -108,7 +108,15 @@ def ensure_experiment(client: MlflowClient, name: str | None = None, experiment_
     name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except Exception as exc:
+            # another job created it between our lookup and our create (8 jobs starting at once)
+            if "already exists" not in str(exc) and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+                raise
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
     if EXPERIMENT_KIND_TAG not in exp.tags:
         client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return exp.experiment_id
@@ -126,17 +134,37 @@ def resolve_run(
     experiment: str | None = None,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
-) -> tuple[str, bool]:
-    """(run id, created): ``run_id``, else ``$MLFLOW_RUN_ID`` (the run ``mlflow run`` made), else
-    a new run in ``experiment``. Raises ValueError (one line) for an unknown run id."""
+) -> tuple[str | None, bool, dict | None]:
+    """(run id, created by us, deferred creation): ``run_id``, else ``$MLFLOW_RUN_ID`` (the run
+    ``mlflow run`` made), else a new run in ``experiment``.
+
+    When the tracking store cannot be reached, nothing is raised: an existing run id is trusted,
+    and a new run comes back as ``(None, True, create)`` for :class:`~.sink.MlflowSink` to create
+    once the store answers. An unknown run id raises ValueError (one line).
+    """
+    from .sink import unreachable
+
     run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
-    if run_id is None:
-        return create_run(client, ensure_experiment(client, experiment), run_name, tags), True
     try:
+        if run_id is None:
+            return create_run(client, ensure_experiment(client, experiment), run_name, tags), True, None
         client.get_run(run_id)
+        return run_id, False, None
     except Exception as exc:
-        raise ValueError(f"run {run_id} not found at {client.tracking_uri} ({type(exc).__name__})") from None
-    return run_id, False
+        if not unreachable(exc):
+            if run_id is not None:
+                raise ValueError(f"run {run_id} not found at {client.tracking_uri} ({type(exc).__name__})") from None
+            raise
+        print(f"wattsup: tracking store {client.tracking_uri} unreachable ({type(exc).__name__}); measuring anyway: "
+              "results are spooled and written when it answers", file=sys.stderr)  # fmt: skip
+        if run_id is not None:
+            return run_id, False, None
+        base = {"mlflow.user": _user(), "mlflow.source.type": "LOCAL", "mlflow.source.name": sys.argv[0] or "python"}
+        base.update(tags or {})
+        exp_id = None if experiment else os.environ.get("MLFLOW_EXPERIMENT_ID")
+        create = {"experiment_name": experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default",
+                  "experiment_id": exp_id, "run_name": run_name, "tags": base}  # fmt: skip
+        return None, True, create
 
 
 def _user() -> str:

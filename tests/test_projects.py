@@ -33,8 +33,8 @@ def mlflow_run(project, *params, entry=None, cwd, env=None, timeout=600):
     for p in params:
         cmd += ["-P", p]
     e = dict(os.environ)
-    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
     e.update(env or {})
+    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"  # `python` in the MLproject commands is ours
     t0 = time.monotonic()
     r = subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
     r.elapsed = time.monotonic() - t0
@@ -165,6 +165,23 @@ def test_fastsurfer_bad_params_one_line(tracking_uri, tmp_path, fastsurfer_home,
     assert "Traceback" not in r.stderr
 
 
+def test_params_with_spaces_quotes_and_semicolons_reach_the_pipeline_intact(tracking_uri, tmp_path, fastsurfer_home,
+                                                                            experiment):  # fmt: skip
+    import json
+
+    tricky = tmp_path / "my scan; echo pwned > hacked 'x' \"y\" $(id).nii.gz"
+    tricky.write_bytes(b"any")
+    argv_file = tmp_path / "argv.json"
+    r = mlflow_run(REPO / "projects" / "fastsurfer", f"t1={tricky}", "sid=s", "sd=out dir", "device=cpu",
+                   f"fastsurfer_home={fastsurfer_home}", cwd=tmp_path,
+                   env={"MLFLOW_EXPERIMENT_NAME": experiment, "STUB_ARGV_FILE": str(argv_file)})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    argv = json.loads(argv_file.read_text())
+    assert argv[argv.index("--t1") + 1] == str(tricky)
+    assert argv[argv.index("--sd") + 1] == str(tmp_path / "out dir")
+    assert not (tmp_path / "hacked").exists() and not (REPO / "projects" / "fastsurfer" / "hacked").exists()
+
+
 def test_fastsurfer_absent_says_how_to_install(tracking_uri, tmp_path, experiment, monkeypatch):
     monkeypatch.delenv("FASTSURFER_HOME", raising=False)
     (tmp_path / "T1.nii.gz").write_bytes(b"any")
@@ -267,8 +284,12 @@ def test_segmentation_train(tracking_uri, client, experiment, tmp_path):
 
 
 def test_demo_runs_pipelines_and_prints_table(tracking_uri, client, experiment, tmp_path):
-    r = mlflow_run(REPO, "epochs=2", cwd=REPO, env={"MLFLOW_EXPERIMENT_NAME": experiment})
+    from test_network import guarded_env
+
+    env, netlog = guarded_env(tmp_path, (), MLFLOW_EXPERIMENT_NAME=experiment)  # offline: no connection at all
+    r = mlflow_run(REPO, "epochs=2", cwd=REPO, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert not netlog.exists(), netlog.read_text()
     runs = runs_in(client, experiment)
     by_pipe = {run.data.tags.get("wattsup.pipeline"): run for run in runs}
     assert set(by_pipe) == {"demo", "gmm-classical", "fastsurfercnn-train", "fastsurfercnn-infer"}

@@ -90,15 +90,36 @@ def test_inside_wattsup_run_logs_a_stage_not_the_totals(client, experiment, monk
     assert "stage/inner/energy_kwh" in m and "stage/inner.fit/energy_kwh" in m
 
 
-def test_unreachable_store_never_fails_the_block(monkeypatch, tmp_path, experiment):
-    monkeypatch.setenv("WATTSUP_SPOOL_DIR", str(tmp_path))
-    mlflow.set_tracking_uri("sqlite:///" + str(tmp_path / "ok.db"))
-    with mlflow_wattsup.track(experiment=experiment) as t:
-        # the store disappears under the run: our writes fail, the user's block must not
-        t._recording.sink.client = type("Down", (), {"log_batch": lambda *a, **k: (_ for _ in ()).throw(ConnectionError("down")),
-                                                      "tracking_uri": "http://127.0.0.1:9"})()  # fmt: skip
-        t._recording.sink.close = lambda timeout_s=30.0, _c=t._recording.sink.close: _c(timeout_s=0.5)
-        burn(0.05)
-    assert t.totals.cpu_s > 0
-    spooled = list(tmp_path.glob("*.jsonl"))
-    assert len(spooled) == 1 and "energy_kwh" in spooled[0].read_text()
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_down_at_start_measures_anyway_and_replays(monkeypatch, tmp_path, experiment, client, tracking_uri):
+    """Nothing listens at the tracking URI: the block runs, results are spooled with what is
+    needed to create the run later, and `wattsup flush` creates it with every value."""
+    from helpers import wattsup
+
+    spool = tmp_path / "spool"
+    monkeypatch.setenv("WATTSUP_SPOOL_DIR", str(spool))
+    down = f"http://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    with mlflow_wattsup.track("offline", experiment=experiment, tracking_uri=down) as t:
+        with t.stage("work"):
+            burn(0.2)
+    assert time.monotonic() - t0 < 60  # fails fast: no MLflow retry storm
+    assert t.totals.cpu_s > 0.15 and t.run_id is None
+    [path] = list(spool.glob("*.jsonl"))
+    assert path.stat().st_mode & 0o777 == 0o600
+    r = wattsup("flush", "--spool-dir", str(spool), "--tracking-uri", tracking_uri)
+    assert r.returncode == 0, r.stderr
+    assert not list(spool.glob("*.jsonl"))
+    [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.run_name == "offline" and run.info.status == "FINISHED"
+    assert run.data.metrics["cpu_time_s"] == pytest.approx(t.totals.cpu_s)
+    assert "stage/work/energy_kwh" in run.data.metrics
+    again = wattsup("flush", "--spool-dir", str(spool), "--tracking-uri", tracking_uri)
+    assert "nothing to replay" in again.stderr

@@ -124,7 +124,10 @@ def infer_offset_s(naive_start: datetime, naive_end: datetime | None, first_ts: 
 
 
 def _load_info(path: Path) -> dict:
-    info = safe_pickle.load(path.read_bytes(), str(path))
+    try:
+        info = safe_pickle.load(path.read_bytes(), str(path))
+    except safe_pickle.UnsafePickleError as exc:
+        raise EitError(str(exc).splitlines()[0]) from None
     if not isinstance(info, dict) or not isinstance(info.get("experiment_start"), datetime):
         raise EitError(f"{path}: not an experiment-impact-tracker info.pkl (no experiment_start)")
     return info
@@ -237,6 +240,8 @@ def read_folder(folder: str | Path) -> ImportedRun:
     notes = []
     if naive_end is None:
         notes.append("info.pkl has no experiment_end: the run ends at the last sample")
+    if end < start:
+        raise EitError(f"{folder}: info.pkl's experiment_end ({naive_end}) is before experiment_start ({naive_start})")
     samples = [d for d in samples if start - 60 <= float(d["timestamp"]) <= end + 60]
     gpu = bool(info.get("gpu_info"))
     cpu_keys = ("rapl_estimated_attributable_power_draw",)

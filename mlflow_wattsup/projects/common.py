@@ -39,11 +39,13 @@ class CommandPipeline:
         from ..recording import Recording, make_tracker, resolve_run
         from ..sink import MlflowSink
 
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # see cli.main: fail fast, we spool
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         self.client = MlflowClient()
-        self.run_id, self.created = resolve_run(self.client, None, experiment, name)
+        run_id, self.created, create = resolve_run(self.client, None, experiment, name)
         self.carbon = carbon
         self.tracker = make_tracker(tree=ProcessTreeMeter(children_of=os.getpid()))
-        self.sink = MlflowSink(self.run_id, self.client)
+        self.sink = MlflowSink(run_id, self.client, create=create)
         self.rec = Recording(self.sink, self.tracker, carbon, dict(tags))
         for note in [*self.tracker.notes, carbon.intensity.warning]:
             if note:
@@ -74,13 +76,11 @@ class CommandPipeline:
 
         status = run_status(exit_code, signalled)
         totals = self.rec.finish({"wattsup.exit_code": str(exit_code), "wattsup.status": status})
-        self.sink.close()
         if self.created:
-            try:
-                self.client.set_terminated(self.run_id, status)
-            except Exception as exc:
-                print(f"wattsup: could not set run status ({type(exc).__name__})", file=sys.stderr)
-        print(summary_text(self.run_id, self.client.tracking_uri, totals, self.carbon, exit_code, status), file=sys.stderr)
+            self.sink.terminate(status)
+        self.sink.close()
+        print(summary_text(self.sink.run_id or "(not created yet: spooled)", self.client.tracking_uri, totals,
+                           self.carbon, exit_code, status), file=sys.stderr)  # fmt: skip
         return exit_code
 
 

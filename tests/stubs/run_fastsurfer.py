@@ -23,6 +23,10 @@ p.add_argument("--device", default="auto")
 p.add_argument("--threads", default="1")
 p.add_argument("--allow_root", action="store_true")
 a = p.parse_args()
+if os.environ.get("STUB_ARGV_FILE"):
+    import json
+
+    Path(os.environ["STUB_ARGV_FILE"]).write_text(json.dumps(sys.argv[1:]))
 if not a.seg_only:
     sys.exit("stub supports --seg_only only")
 subj = Path(a.sd) / a.sid
