@@ -64,6 +64,14 @@ def _mlflow_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra run tag (repeatable)")
 
 
+def _log_target_options(p: argparse.ArgumentParser) -> None:
+    """Where `dice`/`flops` log: a run, the `mlflow run` run, or a new one; or nowhere."""
+    p.add_argument("--no-log", action="store_true", help="print only, log nothing to MLflow")
+    p.add_argument("--run-id", help="log to this run (default: $MLFLOW_RUN_ID, else a new run)")
+    p.add_argument("--experiment", help="experiment for a new run")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="wattsup",
@@ -115,10 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "or FIRST[-LAST]:TARGET,... e.g. 1000-1999:3,2000-2999:42")  # fmt: skip
     d.add_argument("--prefix", default="dice", help="metric prefix (default dice: dice/<name>, dice_mean)")
     d.add_argument("--csv", metavar="FILE", help="also write the table to FILE")
-    d.add_argument("--no-log", action="store_true", help="print only, log nothing to MLflow")
-    d.add_argument("--run-id", help="log to this run (default: $MLFLOW_RUN_ID, else a new run)")
-    d.add_argument("--experiment", help="experiment for a new run")
-    d.add_argument("--tracking-uri", help="MLflow tracking URI")
+    _log_target_options(d)
     d.set_defaults(func=cmd_dice)
 
     fl = sub.add_parser(
@@ -135,10 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--input-shape", action="append", required=True, metavar="N,C,H,W",
                     help="input shape with batch, comma-separated; repeat for several inputs")  # fmt: skip
     fl.add_argument("--samples", type=int, help="samples seen in training: also log train_flops_estimate")
-    fl.add_argument("--no-log", action="store_true", help="print only")
-    fl.add_argument("--run-id", help="log to this run (default: $MLFLOW_RUN_ID, else a new run)")
-    fl.add_argument("--experiment", help="experiment for a new run")
-    fl.add_argument("--tracking-uri", help="MLflow tracking URI")
+    _log_target_options(fl)
     fl.set_defaults(func=cmd_flops)
 
     rep = sub.add_parser(

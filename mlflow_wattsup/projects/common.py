@@ -68,9 +68,10 @@ class CommandPipeline:
         such as Dice or FLOPs counting, which is ours and not the pipeline's)."""
         return self.tracker.stop()
 
-    def finish(self, exit_code: int, signalled: bool) -> int:
+    def finish(self, exit_code: int, signalled: bool, problem: str | None = None, prog: str = "wattsup") -> int:
         """Log totals and stages, close the sink, end the run if we created it; returns the
-        exit code to leave with (the pipeline's)."""
+        exit code to leave with: the pipeline's, or 2 when it succeeded but ``problem`` (e.g. no
+        Dice: the reference did not fit) is reported, after everything measured is logged."""
         from ..recording import summary_text
         from ..runner import run_status
 
@@ -81,6 +82,9 @@ class CommandPipeline:
         self.sink.close()
         print(summary_text(self.sink.run_id or "(not created yet: spooled)", self.client.tracking_uri, totals,
                            self.carbon, exit_code, status), file=sys.stderr)  # fmt: skip
+        if problem:
+            print(f"{prog}: error: {problem}", file=sys.stderr)
+            return exit_code or 2
         return exit_code
 
 

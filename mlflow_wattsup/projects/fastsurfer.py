@@ -168,12 +168,7 @@ def main(argv=None) -> int:
             run.sink.set_tags({"wattsup.warning.flops": f"{type(exc).__name__}: {exc}"})
         if reference is not None:
             dice_error = score(run.sink, seg, reference, log_dice)
-    code = run.finish(code, signalled)
-    if dice_error:
-        print(f"fastsurfer: error: {dice_error}", file=sys.stderr)
-        return code or 2
-    return code
-
+    return run.finish(code, signalled, dice_error, "fastsurfer")
 
 
 if __name__ == "__main__":

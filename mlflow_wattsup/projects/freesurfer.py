@@ -150,11 +150,7 @@ def main(argv=None) -> int:
     dice_error = None
     if code == 0 and reference is not None:
         dice_error = score(run.sink, subject / "mri" / "aseg.mgz", reference, log_dice)
-    code = run.finish(code, signalled)
-    if dice_error:
-        print(f"freesurfer: error: {dice_error}", file=sys.stderr)
-        return code or 2
-    return code
+    return run.finish(code, signalled, dice_error, "freesurfer")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import os
 import sys
 import time
 
+from .common import add_carbon_args
 from .params import ParamError, choice_param, entry_point, float_param, int_param, is_none, path_param
 
 COLIN_T1 = "/usr/share/mricron/templates/ch2.nii.gz"
@@ -47,13 +48,6 @@ def _device(value: str) -> str:
     if value == "gpu":
         raise ParamError("device=gpu but torch sees no CUDA GPU (CPU-only torch, no driver, or no device); use device=cpu or device=auto")
     return "cpu"
-
-
-def _carbon_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--region", default="")
-    p.add_argument("--carbon-intensity", default="")
-    p.add_argument("--pue", default="")
-    p.add_argument("--experiment", default=None)
 
 
 def _track(args, name: str, pipeline: str, device: str, **extra_tags):
@@ -113,7 +107,7 @@ def train(argv) -> int:
     p.add_argument("--filters", default="16")
     p.add_argument("--context", default="2", help="neighbouring slices on each side (input = 2c+1 slices)")
     p.add_argument("--seed", default="0")
-    _carbon_args(p)
+    add_carbon_args(p)
     args = p.parse_args(argv)
     epochs = int_param("epochs", args.epochs, 1, 10_000)
     res = int_param("resolution", args.resolution, 1, 2)
@@ -183,7 +177,7 @@ def infer(argv) -> int:
     p.add_argument("--resolution", default="2")
     p.add_argument("--device", default="auto")
     p.add_argument("--context", default="2")
-    _carbon_args(p)
+    add_carbon_args(p)
     args = p.parse_args(argv)
     if is_none(args.model_uri):
         raise ParamError("model_uri is required, e.g. model_uri=runs:/<train run id>/model")
@@ -222,7 +216,7 @@ def classical(argv) -> int:
     p = argparse.ArgumentParser(prog="segmentation classical")
     p.add_argument("--resolution", default="2")
     p.add_argument("--seed", default="0")
-    _carbon_args(p)
+    add_carbon_args(p)
     args = p.parse_args(argv)
     res = int_param("resolution", args.resolution, 1, 2)
     seed = int_param("seed", args.seed, 0)
@@ -246,7 +240,7 @@ def brain_extraction(argv) -> int:
     p.add_argument("--t1", default="")
     p.add_argument("--reference-mask", default="")
     p.add_argument("--device", default="cpu")
-    _carbon_args(p)
+    add_carbon_args(p)
     args = p.parse_args(argv)
     t1 = path_param("t1", args.t1) or _default(COLIN_T1, "t1")
     ref = path_param("reference_mask", args.reference_mask)
