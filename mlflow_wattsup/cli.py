@@ -514,6 +514,8 @@ class _Status:
     def __call__(self, s) -> None:
         if self.quiet:
             return
+        from .recording import fmt_duration
+
         text = (
             f"[wattsup] {fmt_duration(s.elapsed_s)}  {s.power_w:6.1f} W  {s.energy.total_j / 3600:8.3f} Wh  "
             f"{self.carbon.carbon_g(s.energy.total_j):8.3f} g CO2eq{self.label}"
@@ -526,6 +528,8 @@ class _Status:
             print(text, file=sys.stderr, flush=True)
 
     def clear(self) -> None:
+        """Erase the line and stop updating it (the final sample comes after)."""
+        self.quiet = True
         if self.tty:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
@@ -558,7 +562,7 @@ def cmd_run(args) -> int:
     from .carbon import CarbonConfigError
     from .meters.estimator import EstimatorConfigError
     from .meters.proctree import ProcessTreeMeter
-    from .recording import RUN_ENV, CarbonConfig, Recording, fmt_duration, make_tracker, resolve_run, summary_text
+    from .recording import RUN_ENV, CarbonConfig, Recording, make_tracker, resolve_run, summary_text
     from .runner import SpawnError, execute, run_status
     from .sink import MlflowSink
     from .training import EpochEnergy

@@ -190,6 +190,9 @@ class _ChildRunner:
     the group, giving it the terminal's foreground when we had it, and reaping adopted orphans."""
 
     FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    # A signal ignored when we started (SIGHUP under nohup; SIGINT/SIGQUIT for a shell's
+    # background job) stays ignored, by us and by the command, which inherits the disposition:
+    # `wattsup run -- CMD` then reacts to signals exactly as CMD alone would.
 
     def __init__(self, pid: int):
         self.pid = pid
@@ -219,7 +222,8 @@ class _ChildRunner:
         """
         tree = tracker.tree
         in_main = threading.current_thread() is threading.main_thread()
-        old = {s: signal.signal(s, self._forward) for s in self.FORWARD} if in_main else {}
+        forwarded = [s for s in self.FORWARD if signal.getsignal(s) is not signal.SIG_IGN]
+        old = {s: signal.signal(s, self._forward) for s in forwarded} if in_main else {}
         try:
             while True:
                 try:

@@ -138,10 +138,17 @@ def test_daemonised_grandchild_is_adopted_and_counted(tracking_uri, client, expe
     assert only_run(client, experiment).data.metrics["cpu_time_s"] > 0.3
 
 
+def _default_signals():
+    # as a foreground job gets them: a test runner started in the background has SIGINT ignored,
+    # which wattsup (like the command alone) would rightly keep ignoring
+    for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def _start(experiment, *cmd):
     env = dict(os.environ)
-    return subprocess.Popen([*WATTSUP, "run", "--experiment", experiment, "--", *cmd], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen([*WATTSUP, "run", "--experiment", experiment, "--", *cmd], env=env, start_new_session=True,
+                            preexec_fn=_default_signals, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
 def _wait_for_run(client, experiment, timeout=60):
@@ -161,10 +168,15 @@ def test_signal_is_forwarded_and_partial_totals_logged(tracking_uri, client, exp
     script = (f"trap 'echo got > {marker}; exit {128 + sig}' {sig.name[3:]}; "
               f"while true; do {busy_sh(20_000)}; done")  # fmt: skip
     proc = _start(experiment, "sh", "-c", script)
-    _wait_for_run(client, experiment)
-    time.sleep(2.0)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    try:
+        _wait_for_run(client, experiment)
+        time.sleep(2.0)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # never leave a busy loop behind to skew later measurements
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 128 + sig, err
     assert marker.read_text().strip() == "got"
     run = only_run(client, experiment)
@@ -173,7 +185,64 @@ def test_signal_is_forwarded_and_partial_totals_logged(tracking_uri, client, exp
     assert run.data.metrics["energy_kwh"] > 0
 
 
+def test_ignored_signal_stays_ignored_like_for_the_command_alone(tracking_uri, client, experiment, tmp_path):
+    """Started with SIGHUP ignored (nohup), wattsup and its command keep ignoring it."""
+    def ignore_hup():
+        _default_signals()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    proc = subprocess.Popen([*WATTSUP, "run", "--experiment", experiment, "--", "sh", "-c", "sleep 3"],
+                            start_new_session=True, preexec_fn=ignore_hup, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        _wait_for_run(client, experiment)
+        proc.send_signal(signal.SIGHUP)
+        os.killpg(proc.pid, signal.SIGHUP)  # the whole group, as a closing terminal would
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert only_run(client, experiment).info.status == "FINISHED"
+
+
 def test_child_killed_by_signal_gives_128_plus_signal(tracking_uri, client, experiment):
     r = wattsup("run", "--experiment", experiment, "--quiet", "--", "sh", "-c", "kill -KILL $$")
     assert r.returncode == 128 + 9
     assert only_run(client, experiment).info.status == "KILLED"
+
+
+def test_on_a_terminal_status_line_and_the_command_reads_the_terminal(tracking_uri, client, experiment):
+    """Under a pseudo-terminal: the command (in its own process group) is given the terminal, so
+    it can read from it, and wattsup shows its live status line ([wattsup] ... W ... Wh ... g)."""
+    import pty
+    import select
+
+    script = "sleep 1.5; read line; echo got:$line"
+    pid, fd = pty.fork()
+    if pid == 0:  # child: becomes wattsup, on the terminal
+        os.execvpe(WATTSUP[0], [*WATTSUP, "run", "--experiment", experiment, "--interval", "0.5", "--",
+                                "sh", "-c", script], dict(os.environ))  # fmt: skip
+    out = b""
+    deadline = time.time() + 60
+    sent = False
+    while time.time() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        if not sent and b"[wattsup]" in out:
+            os.write(fd, b"hello\n")
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "got:hello" in text
+    assert "[wattsup] 0:00:0" in text and " Wh " in text and "g CO2eq (estimate)" in text
+    assert only_run(client, experiment).info.status == "FINISHED"
