@@ -123,6 +123,8 @@ class track:
             status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
         try:
             self.totals = rec.finish({"wattsup.status": status})
+            # our own threads ran in the measured process: say how much of cpu_time_s they were
+            rec.sink.log_metrics({"tracker_cpu_s": self.tracker.sampler_cpu_s + rec.sink.writer_cpu_s})
         finally:
             if self._ended_run or self._created_deferred:
                 rec.sink.terminate(status)

@@ -239,6 +239,7 @@ class MlflowSink:
         self._failures = 0
         self._next_try = 0.0
         self.written = 0
+        self.writer_cpu_s = 0.0  # CPU seconds of the writer thread (our overhead)
         self.last_error: str | None = None
         self._last_exc: Exception | None = None
         self.skipped: list[str] = []
@@ -335,6 +336,7 @@ class MlflowSink:
         while not self._stop.wait(self.flush_interval_s if not self._failures else 0.5):
             if time.monotonic() >= self._next_try:
                 self.flush()
+            self.writer_cpu_s = time.thread_time()
 
     def flush(self) -> bool:
         """Write everything queued, in order. Returns True when the queue is empty afterwards."""

@@ -206,6 +206,7 @@ class Tracker:
         self._thread: threading.Thread | None = None
         self._started = False
         self._stopped: Totals | None = None
+        self._sampler_cpu_s = 0.0
         self.tree: ProcessTreeMeter | None = None
 
     # -- properties -------------------------------------------------------------------------
@@ -261,9 +262,16 @@ class Tracker:
     def elapsed_s(self) -> float:
         return time.monotonic() - self._t0
 
+    @property
+    def sampler_cpu_s(self) -> float:
+        """CPU seconds the sampler thread itself has used (our overhead, part of an in-process
+        tree's ``cpu_s``)."""
+        return self._sampler_cpu_s
+
     def _loop(self) -> None:
         next_t = self._t0 + self.interval_s
         while not self._stop_evt.wait(max(0.0, next_t - time.monotonic())):
+            self._sampler_cpu_s = time.thread_time()
             next_t += self.interval_s
             now = time.monotonic()
             if next_t < now:  # starved for more than an interval: do not try to catch up
@@ -272,6 +280,7 @@ class Tracker:
                 self.sample(emit=True)
             except Exception as exc:  # never let the sampler die silently
                 self.warnings.setdefault("sampler", f"{type(exc).__name__}: {exc}")
+            self._sampler_cpu_s = time.thread_time()
 
     def stop(self) -> Totals:
         """Take a final reading and return the totals (idempotent)."""
