@@ -199,13 +199,12 @@ class Recording:
                 params.update(t.cpu_model.params())
                 params.update(t.ram_model.params())
             self.sink.log_params(params)
-            from .plugin import machine_tags  # the tags the run-context plugin gives fluent runs
+            from .plugin import machine_tags  # hardware tags, as the run-context plugin gives fluent runs
 
             self.sink.set_tags(
                 {
                     **machine_tags(),
                     "wattsup.version": __version__,
-                    **t.hardware_tags(),
                     **source_tags(t),
                     **self.carbon.tags(),
                     **self.tags,

@@ -36,7 +36,6 @@ from typing import Any, Callable, Iterator
 
 from .meters import nvml as nvml_meter
 from .meters.estimator import CpuPowerModel, RamPowerModel, cpu_power_model
-from .meters.hardware import cpu_info
 from .meters.proctree import MachineMeter, ProcessTreeMeter
 from .meters.rapl import RaplMeter, RaplUnavailable, open_rapl
 
@@ -215,18 +214,6 @@ class Tracker:
     def sources(self) -> Sources:
         gpu = self.gpu.source if self.gpu else nvml_meter.SOURCE_NONE
         return Sources(self._cpu_source, gpu, self._ram_source, self._gpu_attr)
-
-    def hardware_tags(self) -> dict[str, str]:
-        info = cpu_info()
-        gpus = self.gpu.names if self.gpu else []
-        tags = {
-            "wattsup.cpu_model": info.model,
-            "wattsup.cpu_logical": str(info.logical_cpus),
-            "wattsup.gpus": ", ".join(gpus) if gpus else "none",
-        }
-        if self.gpu:
-            tags["wattsup.gpu_driver"] = self.gpu.driver_version
-        return tags
 
     def exclusive(self) -> threading.RLock:
         """The lock held while the meters are read: hold it to change what they would see
