@@ -11,7 +11,6 @@ from typing import Any, Mapping
 
 from mlflow.tracking import MlflowClient
 
-from . import __version__
 from .carbon import CarbonIntensity, carbon_g, resolve_intensity, resolve_pue
 from .meters.estimator import cpu_power_model
 from .sink import MlflowSink
@@ -203,8 +202,7 @@ class Recording:
 
             self.sink.set_tags(
                 {
-                    **machine_tags(),
-                    "wattsup.version": __version__,
+                    **machine_tags(),  # wattsup.version included
                     **source_tags(t),
                     **self.carbon.tags(),
                     **self.tags,

@@ -56,8 +56,7 @@ def columns(runtime_unit: str = "h") -> list[Column]:
 
 #: what the report needs from each run (``fetch_runs`` asks only for these)
 NEEDED_METRICS = ("duration_s", "energy_kwh", "carbon_g", "dice_mean", "params", "flops", "train_flops_estimate")
-NEEDED_TAGS = ("wattsup.pipeline", "wattsup.device", "wattsup.source.cpu", "wattsup.source.gpu",
-               "wattsup.source.ram", "wattsup.region")  # fmt: skip
+TAG_PREFIX = "wattsup."  # pipeline, device, source.* ... (the SQL read filters on the same prefix)
 NEEDED_PARAMS = ("wattsup.pue", "wattsup.carbon_intensity_g_per_kwh")
 
 
@@ -329,17 +328,13 @@ def fetch_runs(
             rows.append(RunRow(
                 run.info.run_id,
                 {k: v for k, v in d.metrics.items() if k in NEEDED_METRICS},
-                {k: v for k, v in d.tags.items() if _wanted_tag(k)},
+                {k: v for k, v in d.tags.items() if k.startswith(TAG_PREFIX)},
                 {k: v for k, v in d.params.items() if k in NEEDED_PARAMS},
             ))  # fmt: skip
         token = page.token
         if not token:
             break
     return rows
-
-
-def _wanted_tag(key: str) -> bool:
-    return key in NEEDED_TAGS or key.startswith("wattsup.")
 
 
 def _fetch_sql(client, experiment_ids: Sequence[str]) -> list[RunRow] | None:
@@ -365,7 +360,7 @@ def _fetch_sql(client, experiment_ids: Sequence[str]) -> list[RunRow] | None:
                     rows[rid].metrics[key] = float(value)
             tags = (session.query(SqlTag.run_uuid, SqlTag.key, SqlTag.value)
                     .join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid)
-                    .filter(SqlRun.experiment_id.in_(ids), SqlTag.key.like("wattsup.%")))  # fmt: skip
+                    .filter(SqlRun.experiment_id.in_(ids), SqlTag.key.like(TAG_PREFIX + "%")))  # fmt: skip
             for rid, key, value in tags:
                 if rid in rows:
                     rows[rid].tags[key] = value
