@@ -90,12 +90,11 @@ def log_model_cost(sink, checkpoints: dict[str, str]) -> None:
     from ..flops import model_cost
     from ..models.fastsurfer_cnn import FastSurferCNN
 
-    total_macs = 0
-    builtin_params = 0
-    for view, classes in VIEWS.items():
-        cost = model_cost(FastSurferCNN(7, classes), (1, 7, 256, 256), backends=["ptflops-aten"])
-        total_macs += cost.macs * SLICES_PER_VIEW
-        builtin_params += cost.params
+    # one count per distinct network (coronal and axial share the 79-class one)
+    per_classes = {c: model_cost(FastSurferCNN(7, c), (1, 7, 256, 256), backends=["ptflops-aten"])
+                   for c in set(VIEWS.values())}  # fmt: skip
+    total_macs = sum(per_classes[c].macs * SLICES_PER_VIEW for c in VIEWS.values())
+    builtin_params = sum(per_classes[c].params for c in VIEWS.values())
     ckpt = {v: checkpoint_params(p) for v, p in checkpoints.items()}
     have = all(ckpt.get(v) for v in VIEWS)
     params = sum(ckpt.values()) if have else builtin_params
