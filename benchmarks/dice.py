@@ -21,10 +21,15 @@ import numpy as np
 
 
 def volumes(size: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from mlflow_wattsup.labels import ASEG, DKT_INDICES
+    from mlflow_wattsup.analysis.labels import ASEG, DKT_INDICES
 
-    ids = np.array(sorted([k for k in ASEG if k < 100][:36] + [1000 + i for i in DKT_INDICES][:31]
-                          + [2000 + i for i in DKT_INDICES][:32]))  # fmt: skip
+    ids = np.array(
+        sorted(
+            [k for k in ASEG if k < 100][:36]
+            + [1000 + i for i in DKT_INDICES][:31]
+            + [2000 + i for i in DKT_INDICES][:32]
+        )
+    )
     rng = np.random.default_rng(42)
     block = 8
     coarse = rng.integers(0, len(ids), size=(size // block,) * 3)
@@ -45,10 +50,12 @@ def main() -> int:
 
     import SimpleITK as sitk
 
-    from mlflow_wattsup.dice import dice
+    from mlflow_wattsup.analysis.dice import dice
 
     ok = True
-    print(f"{'dtype':<6} {'labels':>6} {'ours s':>8} {'sitk s':>8} {'ratio':>6} {'ours MB':>8} {'max |diff|':>11}")
+    print(
+        f"{'dtype':<6} {'labels':>6} {'ours s':>8} {'sitk s':>8} {'ratio':>6} {'ours MB':>8} {'max |diff|':>11}"
+    )
     for dtype in (np.uint8, np.int16, np.int32):
         pred, ref, ids = volumes(args.size, dtype)
         ours = []
@@ -73,9 +80,13 @@ def main() -> int:
         same_labels = res.labels == sitk_labels
         ratio = min(ours) / min(theirs)
         ok &= ratio <= 1.0 and peak < 200e6 and diff <= 1e-9 and same_labels
-        print(f"{np.dtype(dtype).name:<6} {len(res.scores):>6} {min(ours):8.3f} {min(theirs):8.3f} {ratio:6.2f} "
-              f"{peak / 1e6:8.1f} {diff:11.2e}{'' if same_labels else '  LABELS DIFFER'}")  # fmt: skip
-    print(f"SimpleITK {sitk.Version.VersionString()}, ITK threads {sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}")
+        print(
+            f"{np.dtype(dtype).name:<6} {len(res.scores):>6} {min(ours):8.3f} {min(theirs):8.3f} {ratio:6.2f} "
+            f"{peak / 1e6:8.1f} {diff:11.2e}{'' if same_labels else '  LABELS DIFFER'}"
+        )
+    print(
+        f"SimpleITK {sitk.Version.VersionString()}, ITK threads {sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}"
+    )
     print("PASS" if ok else "MISS")
     return 0 if ok else 1
 

@@ -88,15 +88,23 @@ def main() -> int:
     noise = statistics.stdev(wall["untracked"]) / statistics.fmean(wall["untracked"])
     own_pct = statistics.fmean(own) * 100
     ss = statistics.median(start_stop)
-    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, job {mu:.2f} s x {args.pairs} pairs")
+    print(
+        f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, job {mu:.2f} s x {args.pairs} pairs"
+    )
     print(f"untracked wall s: {' '.join(f'{x:.3f}' for x in wall['untracked'])}")
     print(f"tracked   wall s: {' '.join(f'{x:.3f}' for x in wall['tracked'])}")
-    print(f"slowdown (median wall, tracked/untracked - 1): {slowdown * 100:+.2f}%  target <= 1% "
-          f"(run-to-run noise of the untracked job here: {noise * 100:.1f}% sd)")
-    print(f"CPU of our own threads (sampler + writer) / job CPU: {own_pct:.3f}% (mean of {len(own)} tracked runs; "
-          "measured per thread, immune to the machine's noise)")
-    print(f"track() start+stop, median of {len(start_stop)}: {ss * 1000:.1f} ms "
-          f"(min {min(start_stop) * 1000:.1f}, max {max(start_stop) * 1000:.1f})  target < 200 ms")  # fmt: skip
+    print(
+        f"slowdown (median wall, tracked/untracked - 1): {slowdown * 100:+.2f}%  target <= 1% "
+        f"(run-to-run noise of the untracked job here: {noise * 100:.1f}% sd)"
+    )
+    print(
+        f"CPU of our own threads (sampler + writer) / job CPU: {own_pct:.3f}% (mean of {len(own)} tracked runs; "
+        "measured per thread, immune to the machine's noise)"
+    )
+    print(
+        f"track() start+stop, median of {len(start_stop)}: {ss * 1000:.1f} ms "
+        f"(min {min(start_stop) * 1000:.1f}, max {max(start_stop) * 1000:.1f})  target < 200 ms"
+    )
     # the wall ratio is judged against the noise it is measured in; our own CPU share is exact
     ok = own_pct <= 1.0 and slowdown <= max(0.01, 2 * noise) and ss < 0.2
     print("PASS" if ok else "MISS")

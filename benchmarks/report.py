@@ -20,7 +20,12 @@ import time
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-PIPELINES = [("freesurfer", "cpu"), ("fastsurfer", "cpu"), ("fastsurfer", "gpu"), ("fastsurfercnn-train", "gpu")]
+PIPELINES = [
+    ("freesurfer", "cpu"),
+    ("fastsurfer", "cpu"),
+    ("fastsurfer", "gpu"),
+    ("fastsurfercnn-train", "gpu"),
+]
 
 
 def populate(client, name: str, n: int) -> str:
@@ -33,19 +38,48 @@ def populate(client, name: str, n: int) -> str:
     t0 = time.perf_counter()
     for i in range(have, n):
         pipe, dev = PIPELINES[i % len(PIPELINES)]
-        tags = {"wattsup.pipeline": pipe, "wattsup.device": dev, "wattsup.source.cpu": rng.choice(["rapl", "estimate"]),
-                "wattsup.source.gpu": "nvml-energy" if dev == "gpu" else "none", "wattsup.source.ram": "estimate",
-                "wattsup.cpu_model": "Intel Xeon Gold 6148", "wattsup.gpus": "none", "wattsup.version": "0.1.0",
-                "mlflow.user": "bench", "wattsup.region": "CA-QC"}  # fmt: skip
+        tags = {
+            "wattsup.pipeline": pipe,
+            "wattsup.device": dev,
+            "wattsup.source.cpu": rng.choice(["rapl", "estimate"]),
+            "wattsup.source.gpu": "nvml-energy" if dev == "gpu" else "none",
+            "wattsup.source.ram": "estimate",
+            "wattsup.cpu_model": "Intel Xeon Gold 6148",
+            "wattsup.gpus": "none",
+            "wattsup.version": "0.1.0",
+            "mlflow.user": "bench",
+            "wattsup.region": "CA-QC",
+        }
         rid = client.create_run(exp_id, tags=tags).info.run_id
         ms = int(time.time() * 1000)
         e = rng.uniform(0.001, 0.1)
-        vals = {"duration_s": rng.uniform(60, 36000), "energy_kwh": e, "carbon_g": e * 30, "energy_cpu_kwh": e * 0.8,
-                "energy_gpu_kwh": e * 0.1, "energy_ram_kwh": e * 0.1, "power_mean_w": 50.0, "cpu_time_s": 100.0,
-                "machine_energy_kwh": 2 * e, "dice_mean": rng.uniform(0.7, 0.9), "params": 1.8e6, "flops": 4.7e13}  # fmt: skip
-        client.log_batch(rid, metrics=[Metric(k, v, ms, 0) for k, v in vals.items()],
-                         params=[Param(k, v) for k, v in {"wattsup.pue": "1.2", "wattsup.carbon_intensity_g_per_kwh": "30",
-                                                          "wattsup.region": "CA-QC", "wattsup.interval_s": "1"}.items()])  # fmt: skip
+        vals = {
+            "duration_s": rng.uniform(60, 36000),
+            "energy_kwh": e,
+            "carbon_g": e * 30,
+            "energy_cpu_kwh": e * 0.8,
+            "energy_gpu_kwh": e * 0.1,
+            "energy_ram_kwh": e * 0.1,
+            "power_mean_w": 50.0,
+            "cpu_time_s": 100.0,
+            "machine_energy_kwh": 2 * e,
+            "dice_mean": rng.uniform(0.7, 0.9),
+            "params": 1.8e6,
+            "flops": 4.7e13,
+        }
+        client.log_batch(
+            rid,
+            metrics=[Metric(k, v, ms, 0) for k, v in vals.items()],
+            params=[
+                Param(k, v)
+                for k, v in {
+                    "wattsup.pue": "1.2",
+                    "wattsup.carbon_intensity_g_per_kwh": "30",
+                    "wattsup.region": "CA-QC",
+                    "wattsup.interval_s": "1",
+                }.items()
+            ],
+        )
         if (i + 1) % 1000 == 0:
             print(f"  created {i + 1}/{n} runs ({time.perf_counter() - t0:.0f} s)", flush=True)
     return exp_id
@@ -59,7 +93,7 @@ def main() -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from mlflow_wattsup.report import build, fetch_runs
+    from mlflow_wattsup.mlflow_layer.report import build, fetch_runs
 
     uri = f"sqlite:///{args.db}"
     client = MlflowClient(uri)
@@ -76,7 +110,9 @@ def main() -> int:
         assert sum(table.n.values()) == args.runs, (sum(table.n.values()), args.runs)
     print(text)
     base, ours = timings["search_runs paging (baseline)"], timings["wattsup report (default)"]
-    print(f"{args.runs} runs: wattsup report {ours:.2f} s; search_runs paging {base:.2f} s; ratio {ours / base:.3f}")
+    print(
+        f"{args.runs} runs: wattsup report {ours:.2f} s; search_runs paging {base:.2f} s; ratio {ours / base:.3f}"
+    )
     ok = ours < 10.0
     print(f"target < 10 s: {'PASS' if ok else 'MISS'}")
     return 0 if ok else 1

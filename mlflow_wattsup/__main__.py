@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from mlflow_wattsup.mlflow_layer.cli import main
 
 sys.exit(main())

@@ -7,9 +7,19 @@ import pytest
 # MLflow phones home (usage telemetry) unless told not to; tests never use the network.
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
-for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "WATTSUP_RUN_ID",
-            "WATTSUP_REGION", "WATTSUP_CARBON_INTENSITY", "WATTSUP_PUE", "WATTSUP_CPU_TDP_W",
-            "WATTSUP_CPU_W_PER_THREAD", "WATTSUP_POWERCAP_ROOT", "CUDA_VISIBLE_DEVICES"):
+for var in (
+    "MLFLOW_RUN_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_EXPERIMENT_ID",
+    "WATTSUP_RUN_ID",
+    "WATTSUP_REGION",
+    "WATTSUP_CARBON_INTENSITY",
+    "WATTSUP_PUE",
+    "WATTSUP_CPU_TDP_W",
+    "WATTSUP_CPU_W_PER_THREAD",
+    "WATTSUP_POWERCAP_ROOT",
+    "CUDA_VISIBLE_DEVICES",
+):
     os.environ.pop(var, None)
 
 sys.path.insert(0, str(Path(__file__).parent))

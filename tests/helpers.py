@@ -43,6 +43,7 @@ def perl_burn(chunks: int, processes: int) -> str:
 
 def parse_times(text: str) -> float:
     """Children's user+system seconds from the second line of the shell's ``times``."""
+
     def secs(tok):
         m, _, s = tok.rstrip("s").partition("m")
         return int(m) * 60 + float(s)

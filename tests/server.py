@@ -32,13 +32,29 @@ class MlflowServer:
         env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
         log = open(self.workdir / "server.log", "ab")
         self.proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.workdir}/server.db",
-             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            cwd=self.workdir, env=env, stdout=log, stderr=log, start_new_session=True,
-        )  # fmt: skip
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.workdir}/server.db",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            cwd=self.workdir,
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         while time.monotonic() - t0 < timeout_s:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.workdir / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"mlflow server exited: {(self.workdir / 'server.log').read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as r:
                     if r.status == 200:

@@ -1,6 +1,6 @@
 import pytest
 
-from mlflow_wattsup import carbon
+from mlflow_wattsup.analysis import carbon
 
 
 @pytest.mark.parametrize(
@@ -28,16 +28,23 @@ def test_regions_from_offline_tables(region, code, lo, hi):
 def test_us_state_converted_from_lbs_per_mwh():
     import json
 
-    raw = json.loads((carbon._data() / "private_infra/2023/usa_emissions.json").read_text())["california"]["emissions"]
+    raw = json.loads((carbon._data() / "private_infra/2023/usa_emissions.json").read_text())["california"][
+        "emissions"
+    ]
     assert carbon.lookup_region("US-CA").g_per_kwh == pytest.approx(raw * 0.45359237)
 
 
 def test_quebec_is_mix_weighted():
     factors = carbon._json("private_infra/carbon_intensity_per_source.json")
     mix = carbon._json("private_infra/2023/canada_energy_mix.json")["quebec"]
-    expected = (mix["hydro"] * factors["hydroelectricity"] + mix["wind"] * factors["wind"]
-                + mix["naturalGas"] * factors["natural_gas"] + mix["petroleum"] * factors["petroleum"]
-                + mix["biomass"] * factors["biomass"] + mix["solar"] * factors["solar"]) / mix["total"]  # fmt: skip
+    expected = (
+        mix["hydro"] * factors["hydroelectricity"]
+        + mix["wind"] * factors["wind"]
+        + mix["naturalGas"] * factors["natural_gas"]
+        + mix["petroleum"] * factors["petroleum"]
+        + mix["biomass"] * factors["biomass"]
+        + mix["solar"] * factors["solar"]
+    ) / mix["total"]
     assert carbon.lookup_region("CA-QC").g_per_kwh == pytest.approx(expected)
 
 

@@ -5,20 +5,46 @@ import sys
 import time
 
 import pytest
-
 from helpers import WATTSUP, busy_sh, only_run, parse_times, perl_burn, wattsup
 
-CORE_METRICS = {"duration_s", "energy_kwh", "energy_cpu_kwh", "energy_gpu_kwh", "energy_ram_kwh", "carbon_g",
-                "power_mean_w", "cpu_time_s", "machine_energy_kwh"}  # fmt: skip
+CORE_METRICS = {
+    "duration_s",
+    "energy_kwh",
+    "energy_cpu_kwh",
+    "energy_gpu_kwh",
+    "energy_ram_kwh",
+    "carbon_g",
+    "power_mean_w",
+    "cpu_time_s",
+    "machine_energy_kwh",
+}
 CORE_PARAMS = {"wattsup.pue", "wattsup.carbon_intensity_g_per_kwh", "wattsup.region"}
-CORE_TAGS = {"wattsup.source.cpu", "wattsup.source.gpu", "wattsup.source.ram", "wattsup.cpu_model",
-             "wattsup.gpus", "wattsup.version"}  # fmt: skip
+CORE_TAGS = {
+    "wattsup.source.cpu",
+    "wattsup.source.gpu",
+    "wattsup.source.ram",
+    "wattsup.cpu_model",
+    "wattsup.gpus",
+    "wattsup.version",
+}
 
 
 def test_busy_python_command_lands_in_a_run(tracking_uri, client, experiment, tmp_path):
     busy = "import time\nt=time.process_time()\nwhile time.process_time()-t<2.5: pass\nprint('done')"
-    r = wattsup("run", "--experiment", experiment, "--region", "FRA", "--pue", "1.2", "--",
-                sys.executable, "-c", busy, env={"WATTSUP_POWERCAP_ROOT": str(tmp_path)})  # fmt: skip
+    r = wattsup(
+        "run",
+        "--experiment",
+        experiment,
+        "--region",
+        "FRA",
+        "--pue",
+        "1.2",
+        "--",
+        sys.executable,
+        "-c",
+        busy,
+        env={"WATTSUP_POWERCAP_ROOT": str(tmp_path)},
+    )
     assert r.returncode == 0, r.stderr
     assert "done" in r.stdout  # the command's output is streamed through
     run = only_run(client, experiment)
@@ -34,7 +60,9 @@ def test_busy_python_command_lands_in_a_run(tracking_uri, client, experiment, tm
     w = float(p["wattsup.estimate.cpu_w_per_thread"])
     assert m["energy_cpu_kwh"] * 3.6e6 == pytest.approx(w * m["cpu_time_s"], rel=1e-6)
     assert m["energy_kwh"] == pytest.approx(m["energy_cpu_kwh"] + m["energy_gpu_kwh"] + m["energy_ram_kwh"])
-    assert m["carbon_g"] == pytest.approx(m["energy_kwh"] * 1.2 * float(p["wattsup.carbon_intensity_g_per_kwh"]))
+    assert m["carbon_g"] == pytest.approx(
+        m["energy_kwh"] * 1.2 * float(p["wattsup.carbon_intensity_g_per_kwh"])
+    )
     assert p["wattsup.region"] == "FRA" and p["wattsup.pue"] == "1.2"
     assert m["machine_energy_kwh"] >= m["energy_cpu_kwh"] * 0.99
     series = client.get_metric_history(run.info.run_id, "power_w")
@@ -45,7 +73,7 @@ def test_busy_python_command_lands_in_a_run(tracking_uri, client, experiment, tm
 def test_machine_without_rapl_says_estimate():
     if os.path.isdir("/sys/class/powercap"):
         pytest.skip("this machine has a powercap tree")
-    from mlflow_wattsup.tracker import Tracker
+    from mlflow_wattsup.tracking.tracker import Tracker
 
     assert Tracker(rapl=None, nvml=False).sources.cpu == "estimate"
 
@@ -63,7 +91,9 @@ def test_exit_code_passes_through_and_run_failed(tracking_uri, client, experimen
 def test_command_not_found_is_one_line_and_127(tracking_uri, experiment):
     r = wattsup("run", "--experiment", experiment, "--quiet", "--", "no-such-program-xyz")
     assert r.returncode == 127
-    assert r.stderr.strip().splitlines() == ["wattsup run: error: cannot run 'no-such-program-xyz': No such file or directory"]
+    assert r.stderr.strip().splitlines() == [
+        "wattsup run: error: cannot run 'no-such-program-xyz': No such file or directory"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -113,7 +143,9 @@ def test_child_sees_the_run(tracking_uri, client, experiment):
 
 
 def _cpu_of(experiment, client, script, times_file):
-    r = wattsup("run", "--experiment", experiment, "--quiet", "--", "sh", "-c", f"{script}; times > {times_file}")
+    r = wattsup(
+        "run", "--experiment", experiment, "--quiet", "--", "sh", "-c", f"{script}; times > {times_file}"
+    )
     assert r.returncode == 0, r.stderr
     return only_run(client, experiment).data.metrics["cpu_time_s"], parse_times(times_file.read_text())
 
@@ -147,8 +179,15 @@ def _default_signals():
 
 def _start(experiment, *cmd):
     env = dict(os.environ)
-    return subprocess.Popen([*WATTSUP, "run", "--experiment", experiment, "--", *cmd], env=env, start_new_session=True,
-                            preexec_fn=_default_signals, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [*WATTSUP, "run", "--experiment", experiment, "--", *cmd],
+        env=env,
+        start_new_session=True,
+        preexec_fn=_default_signals,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for_run(client, experiment, timeout=60):
@@ -165,8 +204,9 @@ def _wait_for_run(client, experiment, timeout=60):
 def test_signal_is_forwarded_and_partial_totals_logged(tracking_uri, client, experiment, tmp_path, sig):
     marker = tmp_path / "got-signal"
     # the child traps the signal, records it, and exits like a killed process would
-    script = (f"trap 'echo got > {marker}; exit {128 + sig}' {sig.name[3:]}; "
-              f"while true; do {busy_sh(20_000)}; done")  # fmt: skip
+    script = (
+        f"trap 'echo got > {marker}; exit {128 + sig}' {sig.name[3:]}; while true; do {busy_sh(20_000)}; done"
+    )
     proc = _start(experiment, "sh", "-c", script)
     try:
         _wait_for_run(client, experiment)
@@ -187,13 +227,19 @@ def test_signal_is_forwarded_and_partial_totals_logged(tracking_uri, client, exp
 
 def test_ignored_signal_stays_ignored_like_for_the_command_alone(tracking_uri, client, experiment, tmp_path):
     """Started with SIGHUP ignored (nohup), wattsup and its command keep ignoring it."""
+
     def ignore_hup():
         _default_signals()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
-    proc = subprocess.Popen([*WATTSUP, "run", "--experiment", experiment, "--", "sh", "-c", "sleep 3"],
-                            start_new_session=True, preexec_fn=ignore_hup, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*WATTSUP, "run", "--experiment", experiment, "--", "sh", "-c", "sleep 3"],
+        start_new_session=True,
+        preexec_fn=ignore_hup,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for_run(client, experiment)
         proc.send_signal(signal.SIGHUP)
@@ -222,8 +268,11 @@ def test_on_a_terminal_status_line_and_the_command_reads_the_terminal(tracking_u
     script = "sleep 1.5; read line; echo got:$line"
     pid, fd = pty.fork()
     if pid == 0:  # child: becomes wattsup, on the terminal
-        os.execvpe(WATTSUP[0], [*WATTSUP, "run", "--experiment", experiment, "--interval", "0.5", "--",
-                                "sh", "-c", script], dict(os.environ))  # fmt: skip
+        os.execvpe(
+            WATTSUP[0],
+            [*WATTSUP, "run", "--experiment", experiment, "--interval", "0.5", "--", "sh", "-c", script],
+            dict(os.environ),
+        )
     out = b""
     deadline = time.time() + 60
     sent = False

@@ -4,8 +4,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
-
 from helpers import only_run, wattsup
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
@@ -33,13 +31,23 @@ def undocumented(keys, doc):
 def test_every_logged_key_is_documented(tracking_uri, client, experiment, tmp_path):
     doc = documented()
     assert {"energy_kwh", "carbon_g", "wattsup.source.cpu", "stage/<name>/energy_kwh"} <= doc
-    r = wattsup("run", "--experiment", experiment, "--quiet", "--tag", "user=me", "--",
-                sys.executable, "-c", "sum(range(10**6))")  # fmt: skip
+    r = wattsup(
+        "run",
+        "--experiment",
+        experiment,
+        "--quiet",
+        "--tag",
+        "user=me",
+        "--",
+        sys.executable,
+        "-c",
+        "sum(range(10**6))",
+    )
     assert r.returncode == 0, r.stderr
     import numpy as np
 
     import mlflow_wattsup
-    from mlflow_wattsup.dice import dice
+    from mlflow_wattsup.analysis.dice import dice
 
     with mlflow_wattsup.track(experiment=experiment + "-py") as t:
         with t.stage("a"):
@@ -47,7 +55,14 @@ def test_every_logged_key_is_documented(tracking_uri, client, experiment, tmp_pa
         ep = t.epochs(planned=2)
         with ep.epoch():
             ep.step()
-        t.log_dice(dice(np.array([[[1, 2, 9999]]]), np.array([[[1, 2, 3]]]), labels=[1, 2, 3, 4], merge=[(9999, 9999, 3)]))
+        t.log_dice(
+            dice(
+                np.array([[[1, 2, 9999]]]),
+                np.array([[[1, 2, 3]]]),
+                labels=[1, 2, 3, 4],
+                merge=[(9999, 9999, 3)],
+            )
+        )
         t.log_dice(dice(np.array([[[1, 2]]]), np.array([[[1, 2]]])), prefix="dice_aseg")
         torch = __import__("pytest").importorskip("torch")
         t.log_model_cost(torch.nn.Linear(2, 2), (1, 2), samples_seen=10)
@@ -57,4 +72,6 @@ def test_every_logged_key_is_documented(tracking_uri, client, experiment, tmp_pa
 
 
 def test_checker_catches_an_undocumented_key():
-    assert undocumented({"energy_kwh", "stage/x/energy_kwh", "energy_total_j"}, documented()) == ["energy_total_j"]
+    assert undocumented({"energy_kwh", "stage/x/energy_kwh", "energy_total_j"}, documented()) == [
+        "energy_total_j"
+    ]

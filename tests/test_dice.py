@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-
 from helpers import wattsup
-from mlflow_wattsup.dice import DiceInputError, dice, dice_files, overlap_counts
-from mlflow_wattsup.labels import builtin_names, metric_name, parse_merge, read_lut
+
+from mlflow_wattsup.analysis.dice import DiceInputError, dice, dice_files, overlap_counts
+from mlflow_wattsup.analysis.labels import builtin_names, metric_name, parse_merge, read_lut
 
 nib = pytest.importorskip("nibabel")
 
@@ -119,7 +119,13 @@ def test_files_same_grid_required(tmp_path):
     with pytest.raises(DiceInputError) as info:
         dice_files(p, bad_shape)
     msg = str(info.value)
-    assert "pred.mgz" in msg and "small.nii" in msg and "30x31x32" in msg and "29x31x32" in msg and "\n" not in msg
+    assert (
+        "pred.mgz" in msg
+        and "small.nii" in msg
+        and "30x31x32" in msg
+        and "29x31x32" in msg
+        and "\n" not in msg
+    )
     shifted = np.eye(4)
     shifted[0, 3] = 2.0
     with pytest.raises(DiceInputError, match="different affines"):
@@ -158,7 +164,12 @@ def test_cli_dice_bad_input_one_line(tmp_path):
     q = save(tmp_path / "b.nii.gz", ref[:, :, :5])
     junk = tmp_path / "junk.nii.gz"
     junk.write_bytes(b"not an image at all")
-    for args in ([str(p), str(q)], [str(p), str(junk)], [str(p), str(p), "--labels", "x,y"], [str(p), str(p), "--merge", "bad"]):
+    for args in (
+        [str(p), str(q)],
+        [str(p), str(junk)],
+        [str(p), str(p), "--labels", "x,y"],
+        [str(p), str(p), "--merge", "bad"],
+    ):
         r = wattsup("dice", *args, "--no-log")
         assert r.returncode == 2, r.stdout + r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

@@ -3,8 +3,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from mlflow_wattsup.flops import ModelCostError, model_cost  # noqa: E402
-from mlflow_wattsup.models.fastsurfer_cnn import FastSurferCNN  # noqa: E402
+from mlflow_wattsup.analysis.flops import ModelCostError, model_cost  # noqa: E402
+from mlflow_wattsup.analysis.models.fastsurfer_cnn import FastSurferCNN  # noqa: E402
 
 
 def conv_macs(h, w, cin, cout, k, bias=True):
@@ -16,7 +16,9 @@ def fastsurfer_truth(size=256, cin=7, f=64, k=5, classes=79, levels=4):
     total = 0
     res = [size // 2**i for i in range(levels)]
     for i, r in enumerate(res):  # encoders
-        total += conv_macs(r, r, cin if i == 0 else f, f, k) + conv_macs(r, r, f, f, k) + conv_macs(r, r, f, f, 1)
+        total += (
+            conv_macs(r, r, cin if i == 0 else f, f, k) + conv_macs(r, r, f, f, k) + conv_macs(r, r, f, f, 1)
+        )
     b = size // 2**levels  # bottleneck
     total += conv_macs(b, b, f, f, k) * 2 + conv_macs(b, b, f, f, 1)
     for r in reversed(res):  # decoders
@@ -45,13 +47,21 @@ class UNet(nn.Module):
         super().__init__()
 
         def block(a, b):
-            return nn.Sequential(nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True),
-                                 nn.Conv2d(b, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True))  # fmt: skip
+            return nn.Sequential(
+                nn.Conv2d(a, b, 3, padding=1, bias=False),
+                nn.BatchNorm2d(b),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(b, b, 3, padding=1, bias=False),
+                nn.BatchNorm2d(b),
+                nn.ReLU(inplace=True),
+            )
 
         self.enc = nn.ModuleList([block(cin, f), block(f, 2 * f), block(2 * f, 4 * f), block(4 * f, 8 * f)])
         self.pool = nn.MaxPool2d(2, 2)
         self.bottleneck = block(8 * f, 16 * f)
-        self.up = nn.ModuleList([nn.ConvTranspose2d(2 ** (i + 1) * f, 2**i * f, 2, stride=2) for i in (3, 2, 1, 0)])
+        self.up = nn.ModuleList(
+            [nn.ConvTranspose2d(2 ** (i + 1) * f, 2**i * f, 2, stride=2) for i in (3, 2, 1, 0)]
+        )
         self.dec = nn.ModuleList([block(2 ** (i + 1) * f, 2**i * f) for i in (3, 2, 1, 0)])
         self.out = nn.Conv2d(f, cout, 1)
 
@@ -62,7 +72,7 @@ class UNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
-        for up, dec, skip in zip(self.up, self.dec, reversed(skips)):
+        for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=False):
             x = dec(torch.cat((up(x), skip), dim=1))
         return torch.sigmoid(self.out(x))
 
@@ -72,7 +82,9 @@ def unet_truth(size=256, f=32):
     chans = [3, f, 2 * f, 4 * f, 8 * f, 16 * f]
     for i in range(5):  # 4 encoders + bottleneck: two 3x3 convs without bias
         r = size // 2**i
-        total += conv_macs(r, r, chans[i], chans[i + 1], 3, False) + conv_macs(r, r, chans[i + 1], chans[i + 1], 3, False)
+        total += conv_macs(r, r, chans[i], chans[i + 1], 3, False) + conv_macs(
+            r, r, chans[i + 1], chans[i + 1], 3, False
+        )
     for i in (3, 2, 1, 0):
         r_in = size // 2 ** (i + 1)
         cin, cout = 2 ** (i + 1) * f, 2**i * f
@@ -112,7 +124,9 @@ def test_several_inputs_by_shape_and_by_example():
     truth = 5 * (10 * 20 + 20) + 8 * 8 * 4 * (3 * 9 + 1)
     m = TwoInputs()
     assert model_cost(m, [(5, 10), (1, 3, 8, 8)]).macs == pytest.approx(truth, rel=0.01)
-    by_kw = model_cost(m, example_inputs={"x": torch.zeros(5, 10), "img": torch.zeros(1, 3, 8, 8), "scale": 2.0})
+    by_kw = model_cost(
+        m, example_inputs={"x": torch.zeros(5, 10), "img": torch.zeros(1, 3, 8, 8), "scale": 2.0}
+    )
     assert by_kw.macs == pytest.approx(truth, rel=0.01)
     assert by_kw.input_shapes == ((5, 10), (1, 3, 8, 8))
 
@@ -145,7 +159,9 @@ def test_errors():
 def test_log_model_cost_to_sqlite(client, experiment):
     import mlflow_wattsup
 
-    cost = mlflow_wattsup.log_model_cost(FastSurferCNN(levels=2), (1, 7, 64, 64), samples_seen=1000, experiment=experiment)
+    cost = mlflow_wattsup.log_model_cost(
+        FastSurferCNN(levels=2), (1, 7, 64, 64), samples_seen=1000, experiment=experiment
+    )
     [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     m = run.data.metrics
     assert m["params"] == cost.params and m["macs"] == cost.macs and m["flops"] == 2 * cost.macs

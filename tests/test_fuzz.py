@@ -18,19 +18,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlflow_wattsup.dice import DiceInputError, dice, dice_files
-from mlflow_wattsup.importers import safe_pickle
-from mlflow_wattsup.importers.codecarbon import CodeCarbonError, read_csv
-from mlflow_wattsup.importers.eit import EitError, read_folder
+from mlflow_wattsup.analysis.dice import DiceInputError, dice, dice_files
+from mlflow_wattsup.analysis.importers import safe_pickle
+from mlflow_wattsup.analysis.importers.codecarbon import CodeCarbonError, read_csv
+from mlflow_wattsup.analysis.importers.eit import EitError, read_folder
 
 SCALE = float(os.environ.get("FUZZ_EXAMPLES", "1"))
 FAST = settings(max_examples=int(300 * SCALE), deadline=None, suppress_health_check=list(HealthCheck))
 SLOW = settings(max_examples=int(60 * SCALE), deadline=None, suppress_health_check=list(HealthCheck))
 
 weird_floats = st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**20, 10**20), st.text(max_size=5), st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(10**20), 10**20),
+    st.text(max_size=5),
+    st.none(),
     st.sampled_from([-1.0, 0.0, 1e308, -1e-300]),
-)  # fmt: skip
+)
 
 
 def sample_dicts():
@@ -50,8 +53,16 @@ def sample_dicts():
 def eit_folder_contents(draw):
     base = draw(st.floats(1.6e9, 1.7e9))
     good = draw(st.lists(st.floats(0, 3600), max_size=20))
-    lines = [json.dumps({"timestamp": base + d, "rapl_estimated_attributable_power_draw": draw(st.floats(0, 500)),
-                         "rapl_power_draw_absolute": 100.0}) for d in good]  # fmt: skip
+    lines = [
+        json.dumps(
+            {
+                "timestamp": base + d,
+                "rapl_estimated_attributable_power_draw": draw(st.floats(0, 500)),
+                "rapl_power_draw_absolute": 100.0,
+            }
+        )
+        for d in good
+    ]
     lines += [json.dumps(d, allow_nan=True) for d in draw(st.lists(sample_dicts(), max_size=10))]
     lines += draw(st.lists(st.text(max_size=40), max_size=5))  # junk lines
     draw(st.randoms()).shuffle(lines)
@@ -61,10 +72,17 @@ def eit_folder_contents(draw):
     if draw(st.booleans()):
         data += draw(st.binary(max_size=30))
     offset_h = draw(st.sampled_from([-8, -4, 0, 1, 5.5, 9]))
-    start = datetime.utcfromtimestamp(base) + timedelta(hours=offset_h) - timedelta(seconds=draw(st.floats(0, 100)))
+    start = (
+        datetime.utcfromtimestamp(base)
+        + timedelta(hours=offset_h)
+        - timedelta(seconds=draw(st.floats(0, 100)))
+    )
     end = start + timedelta(seconds=draw(st.floats(-100, 5000)))
-    info = {"experiment_start": start, "experiment_end": end,
-            "region_carbon_intensity_estimate": {"carbonIntensity": draw(weird_floats)}}  # fmt: skip
+    info = {
+        "experiment_start": start,
+        "experiment_end": end,
+        "region_carbon_intensity_estimate": {"carbonIntensity": draw(weird_floats)},
+    }
     if draw(st.booleans()):
         info["gpu_info"] = [{"name": "GPU"}]
     raw_info = pickle.dumps(info) if draw(st.integers(0, 5)) else draw(st.binary(max_size=200))
@@ -98,7 +116,9 @@ def test_fuzz_eit_importer(contents):
         _check_run(r)
 
 
-cc_cell = st.one_of(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12), weird_floats.map(str))
+cc_cell = st.one_of(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12), weird_floats.map(str)
+)
 
 
 @FAST
@@ -121,7 +141,10 @@ def test_fuzz_codecarbon_importer(rows, with_header, junk):
         for r in runs:
             _check_run(r)
         # every data row becomes a run or a note (rows of empty cells are blank lines: CSV skips them)
-        assert len(runs) + len(notes) >= len([r for r in rows if any(clean(c).strip() for c in r)]) or not with_header
+        assert (
+            len(runs) + len(notes) >= len([r for r in rows if any(clean(c).strip() for c in r)])
+            or not with_header
+        )
 
 
 @SLOW
@@ -135,16 +158,24 @@ def test_fuzz_dice_loader_bytes(blob, suffix):
         assert "\n" not in str(info.value)
 
 
-label_dtypes = st.sampled_from([np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64, np.uint64, np.float32, np.float64, bool])
+label_dtypes = st.sampled_from(
+    [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64, np.uint64, np.float32, np.float64, bool]
+)
 
 
 @st.composite
 def label_pair(draw):
     shape = tuple(draw(st.lists(st.integers(0, 6), min_size=3, max_size=3)))
-    other = shape if draw(st.integers(0, 4)) else tuple(draw(st.lists(st.integers(0, 6), min_size=3, max_size=3)))
+    other = (
+        shape if draw(st.integers(0, 4)) else tuple(draw(st.lists(st.integers(0, 6), min_size=3, max_size=3)))
+    )
     dt = draw(label_dtypes)
-    values = st.one_of(st.integers(-3, 5), st.integers(2**40, 2**40 + 3), st.integers(0, 2**63 - 1),
-                       st.sampled_from([0.5, float("nan")]))  # fmt: skip
+    values = st.one_of(
+        st.integers(-3, 5),
+        st.integers(2**40, 2**40 + 3),
+        st.integers(0, 2**63 - 1),
+        st.sampled_from([0.5, float("nan")]),
+    )
 
     def arr(shp):
         n = int(np.prod(shp))
@@ -181,16 +212,50 @@ def test_fuzz_dice_arrays(pair):
     for s in res.scores:
         assert 0.0 <= s.dice <= 1.0
     if p.dtype.kind in "iub":
-        assert {s.label: s.dice for s in res.scores} == pytest.approx(brute(p.astype(np.int64) if p.dtype != np.uint64 else p,
-                                                                           r.astype(np.int64) if r.dtype != np.uint64 else r))
+        assert {s.label: s.dice for s in res.scores} == pytest.approx(
+            brute(
+                p.astype(np.int64) if p.dtype != np.uint64 else p,
+                r.astype(np.int64) if r.dtype != np.uint64 else r,
+            )
+        )
 
 
 argv_tokens = st.one_of(
-    st.sampled_from(["run", "report", "dice", "flops", "import", "plot", "regions", "flush", "--", "--pue", "--region",
-                     "--interval", "--carbon-intensity", "--tag", "--experiment", "--format", "--layout", "-o",
-                     "--labels", "--merge", "eit", "codecarbon", "trace", "--run-id", "nan", "-1", "1e400", "x=y", ""]),
+    st.sampled_from(
+        [
+            "run",
+            "report",
+            "dice",
+            "flops",
+            "import",
+            "plot",
+            "regions",
+            "flush",
+            "--",
+            "--pue",
+            "--region",
+            "--interval",
+            "--carbon-intensity",
+            "--tag",
+            "--experiment",
+            "--format",
+            "--layout",
+            "-o",
+            "--labels",
+            "--merge",
+            "eit",
+            "codecarbon",
+            "trace",
+            "--run-id",
+            "nan",
+            "-1",
+            "1e400",
+            "x=y",
+            "",
+        ]
+    ),
     st.text(max_size=10),
-)  # fmt: skip
+)
 
 
 @FAST
@@ -199,7 +264,7 @@ def test_fuzz_option_parsing(argv):
     """The parser (and the validation done before any work) ends in a result or one line + exit 2."""
     import contextlib
 
-    from mlflow_wattsup.cli import build_parser
+    from mlflow_wattsup.mlflow_layer.cli import build_parser
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -212,20 +277,26 @@ def test_fuzz_option_parsing(argv):
 
 
 @FAST
-@given(st.one_of(st.none(), st.text(max_size=12), weird_floats), st.one_of(st.none(), st.text(max_size=12)),
-       st.one_of(st.none(), st.text(max_size=8), weird_floats))  # fmt: skip
+@given(
+    st.one_of(st.none(), st.text(max_size=12), weird_floats),
+    st.one_of(st.none(), st.text(max_size=12)),
+    st.one_of(st.none(), st.text(max_size=8), weird_floats),
+)
 def test_fuzz_carbon_and_project_params(intensity, region, pue):
-    from mlflow_wattsup.carbon import CarbonConfigError
-    from mlflow_wattsup.projects.params import ParamError, float_param, int_param, name_param
-    from mlflow_wattsup.recording import CarbonConfig
+    from mlflow_wattsup.analysis.carbon import CarbonConfigError
+    from mlflow_wattsup.mlflow_layer.projects.params import ParamError, float_param, int_param, name_param
+    from mlflow_wattsup.mlflow_layer.recording import CarbonConfig
 
     try:
         c = CarbonConfig.resolve(intensity, region or None, pue)
         assert math.isfinite(c.intensity.g_per_kwh) and c.intensity.g_per_kwh >= 0 and c.pue >= 1
     except CarbonConfigError as exc:
         assert "\n" not in str(exc)
-    for fn in (lambda v: int_param("threads", v, 1, 1024), lambda v: float_param("pue", v, 1.0),
-               lambda v: name_param("sid", v)):  # fmt: skip
+    for fn in (
+        lambda v: int_param("threads", v, 1, 1024),
+        lambda v: float_param("pue", v, 1.0),
+        lambda v: name_param("sid", v),
+    ):
         try:
             fn(intensity)
         except ParamError as exc:

@@ -6,12 +6,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED
 from helpers import wattsup
-from mlflow_wattsup.importers import safe_pickle
-from mlflow_wattsup.importers.codecarbon import CodeCarbonError, read_csv
-from mlflow_wattsup.importers.eit import EitError, read_folder
+
+from mlflow_wattsup.analysis.importers import safe_pickle
+from mlflow_wattsup.analysis.importers.codecarbon import CodeCarbonError, read_csv
+from mlflow_wattsup.analysis.importers.eit import EitError, read_folder
 
 FIXTURES = SHARED / "fixtures" / "eit-logs"
 
@@ -34,8 +34,15 @@ def foreign_pickle(obj_factory):
         del sys.modules["fakeshapely"]
 
 
-def make_eit(folder: Path, offset_h: float = -4.0, powers=(10.0, 20.0, 30.0), gpu=False, stage_csv=True,
-             truncate=False, shuffle=False):  # fmt: skip
+def make_eit(
+    folder: Path,
+    offset_h: float = -4.0,
+    powers=(10.0, 20.0, 30.0),
+    gpu=False,
+    stage_csv=True,
+    truncate=False,
+    shuffle=False,
+):
     """An EIT folder: start at local naive 12:00:00, samples at +2, +5, +9 s, end at +12 s."""
     imp = folder / "impacttracker"
     imp.mkdir(parents=True)
@@ -43,7 +50,7 @@ def make_eit(folder: Path, offset_h: float = -4.0, powers=(10.0, 20.0, 30.0), gp
     utc_start = local_start.replace(tzinfo=timezone.utc).timestamp() - offset_h * 3600
     times = [utc_start + d for d in (2.0, 5.0, 9.0)]
     lines = []
-    for t, p in zip(times, powers):
+    for t, p in zip(times, powers, strict=False):
         d = {"timestamp": t, "rapl_estimated_attributable_power_draw": p, "rapl_power_draw_absolute": 2 * p}
         if gpu:
             d.update({"nvidia_estimated_attributable_power_draw": 100.0, "nvidia_draw_absolute": 150.0})
@@ -67,9 +74,7 @@ def make_eit(folder: Path, offset_h: float = -4.0, powers=(10.0, 20.0, 30.0), gp
     (imp / "info.pkl").write_bytes(raw)
     if stage_csv:
         (folder / "stages.csv").write_text(
-            ",task,start_time,duration,DP\n"
-            f"0,first,{utc_start},6.0,1\n"
-            f"1,second,{utc_start + 6},6.0,2\n"
+            f",task,start_time,duration,DP\n0,first,{utc_start},6.0,1\n1,second,{utc_start + 6},6.0,2\n"
         )
     return utc_start
 
@@ -126,7 +131,9 @@ def test_time_zone_offset_is_inferred_from_the_data(tmp_path, offset_h):
 
 def test_gpu_truncated_unordered_and_foreign_stage_csv(tmp_path):
     make_eit(tmp_path / "r", gpu=True, truncate=True, shuffle=True, stage_csv=False)
-    (tmp_path / "r" / "old.csv").write_text(",task,start_time,duration,DP\n0,autorecon1,1500000000.0,100.0,1\n")
+    (tmp_path / "r" / "old.csv").write_text(
+        ",task,start_time,duration,DP\n0,autorecon1,1500000000.0,100.0,1\n"
+    )
     r = read_folder(tmp_path / "r")
     assert r.gpu_j == pytest.approx(100.0 * 12) and r.tags["wattsup.device"] == "gpu"
     assert r.skipped == 1 and r.samples == 3
@@ -170,19 +177,24 @@ def test_cli_import_eit_once(tmp_path, client, experiment, tracking_uri):
 
 
 def cc_csv(path, rows):
-    head = "timestamp,project_name,run_id,duration,emissions,emissions_rate,cpu_power,gpu_power,ram_power," \
-           "cpu_energy,gpu_energy,ram_energy,energy_consumed,country_name,country_iso_code,region,codecarbon_version," \
-           "cpu_model,gpu_model,tracking_mode,pue\n"  # fmt: skip
+    head = (
+        "timestamp,project_name,run_id,duration,emissions,emissions_rate,cpu_power,gpu_power,ram_power,"
+        "cpu_energy,gpu_energy,ram_energy,energy_consumed,country_name,country_iso_code,region,codecarbon_version,"
+        "cpu_model,gpu_model,tracking_mode,pue\n"
+    )
     path.write_text(head + "".join(rows))
 
 
 def test_codecarbon_rows_become_runs(tmp_path, client, experiment, tracking_uri):
     f = tmp_path / "emissions.csv"
-    cc_csv(f, [
-        "2024-05-01T10:00:00,train,aaa,3600,0.012,3e-6,40,0,10,0.04,0,0.01,0.05,Canada,CAN,quebec,2.3.4,Xeon,,machine,1.2\n",
-        "2024-05-01T11:00:00,infer,bbb,60,0.0001,1e-6,40,100,10,0.001,0.002,0.0005,0.0035,Canada,CAN,quebec,2.3.4,Xeon,A100,process,1.0\n",
-        "garbage,row\n",
-    ])  # fmt: skip
+    cc_csv(
+        f,
+        [
+            "2024-05-01T10:00:00,train,aaa,3600,0.012,3e-6,40,0,10,0.04,0,0.01,0.05,Canada,CAN,quebec,2.3.4,Xeon,,machine,1.2\n",
+            "2024-05-01T11:00:00,infer,bbb,60,0.0001,1e-6,40,100,10,0.001,0.002,0.0005,0.0035,Canada,CAN,quebec,2.3.4,Xeon,A100,process,1.0\n",
+            "garbage,row\n",
+        ],
+    )
     runs, notes = read_csv(f)
     assert len(runs) == 2 and len(notes) == 1 and "line 4" in notes[0]
     a = runs[0]
@@ -190,7 +202,10 @@ def test_codecarbon_rows_become_runs(tmp_path, client, experiment, tracking_uri)
     assert a.intensity_g_per_kwh == pytest.approx(0.012 * 1000 / 0.05)
     r = wattsup("import", "codecarbon", str(f), "--experiment", experiment)
     assert r.returncode == 0, r.stderr
-    assert wattsup("import", "codecarbon", str(f), "--experiment", experiment).stdout.count("already imported") == 2
+    assert (
+        wattsup("import", "codecarbon", str(f), "--experiment", experiment).stdout.count("already imported")
+        == 2
+    )
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     by = {x.info.run_name: x for x in runs}
     assert by["train"].data.metrics["carbon_g"] == pytest.approx(12.0)  # CodeCarbon's emissions, in grams

@@ -7,20 +7,18 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "mlflow_wattsup"
-LAYER_2 = {"carbon", "flops", "dice", "labels", "models", "pipelines", "importers"}
+#: the package's folders are its layers (DEVELOPERS.md); a module anywhere else fails
+LAYERS = {"meters": 1, "analysis": 2, "tracking": 3, "mlflow_layer": 4}
+TOP_LEVEL = {"mlflow_wattsup", "mlflow_wattsup.__main__"}  # the package itself and `python -m`
 HEAVY_BELOW_4 = ("mlflow", "matplotlib", "pandas")
 
 
 def layer_of(module: str) -> int:
     parts = module.split(".")
-    top = parts[1] if len(parts) > 1 else ""
-    if top == "meters":
-        return 1
-    if top in LAYER_2:
-        return 2
-    if top == "tracker":
-        return 3
-    return 4
+    if module in TOP_LEVEL:
+        return 4 if module.endswith("__main__") else 0
+    assert len(parts) > 1 and parts[1] in LAYERS, f"{module} is in no layer's folder ({', '.join(LAYERS)})"
+    return LAYERS[parts[1]]
 
 
 def modules():
@@ -58,16 +56,38 @@ def test_layering(name, path):
         if imp.startswith("mlflow_wattsup"):
             if imp == "mlflow_wattsup":
                 continue  # the package itself (version)
+            assert imp.split(".")[1] not in __import__("mlflow_wattsup")._MOVED, (
+                f"{name} imports {imp} by its old path"
+            )
             assert layer_of(imp) <= mine, f"{name} (layer {mine}) imports {imp} (layer {layer_of(imp)})"
         elif mine < 4:
-            assert not imp.split(".")[0] in HEAVY_BELOW_4, f"{name} (layer {mine}) imports {imp}"
+            assert imp.split(".")[0] not in HEAVY_BELOW_4, f"{name} (layer {mine}) imports {imp}"
 
 
 def test_meters_import_without_mlflow():
     import subprocess
     import sys
 
-    code = ("import sys, mlflow_wattsup.meters.rapl, mlflow_wattsup.meters.nvml, mlflow_wattsup.meters.proctree, "
-            "mlflow_wattsup.meters.estimator, mlflow_wattsup.tracker, mlflow_wattsup.carbon; "
-            "assert 'mlflow' not in sys.modules, 'mlflow imported'")  # fmt: skip
+    code = (
+        "import sys, mlflow_wattsup.meters.rapl, mlflow_wattsup.meters.nvml, mlflow_wattsup.meters.proctree, "
+        "mlflow_wattsup.meters.estimator, mlflow_wattsup.tracking.tracker, mlflow_wattsup.analysis.carbon; "
+        "assert 'mlflow' not in sys.modules, 'mlflow imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_module_sits_in_a_layer_folder():
+    strays = [name for name, _ in modules() if name not in TOP_LEVEL and name.split(".")[1] not in LAYERS]
+    assert not strays, f"modules outside the layer folders: {strays}"
+
+
+def test_old_module_paths_still_import():
+    import mlflow_wattsup.dice as old
+    import mlflow_wattsup.report as report
+    from mlflow_wattsup.models.fastsurfer_cnn import FastSurferCNN
+
+    import mlflow_wattsup.analysis.dice as new
+
+    assert old is new and old.__spec__.name == "mlflow_wattsup.analysis.dice"
+    assert report.__name__ == "mlflow_wattsup.mlflow_layer.report"
+    assert FastSurferCNN.__module__ == "mlflow_wattsup.analysis.models.fastsurfer_cnn"

@@ -1,8 +1,8 @@
 import os
 
 import pytest
-
 from fakes.nvml import FakeGpu, FakeNvml
+
 from mlflow_wattsup.meters import nvml
 
 

@@ -1,8 +1,6 @@
-import os
-
 import pytest
-
 from fakes.sysfs import two_socket_tree
+
 from mlflow_wattsup.meters import rapl
 
 

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import SHARED
 from helpers import WATTSUP
 from server import MlflowServer
@@ -19,10 +17,14 @@ GUARD = Path(__file__).parent / "netguard"
 
 def guarded_env(tmp_path, allow_ports=(), **extra):
     log = tmp_path / "netguard.log"
-    env = dict(os.environ, WATTSUP_NETGUARD="1", WATTSUP_NETGUARD_LOG=str(log),
-               WATTSUP_NETGUARD_ALLOW=",".join(map(str, allow_ports)),
-               PYTHONPATH=os.pathsep.join([str(GUARD), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-               WATTSUP_SPOOL_DIR=str(tmp_path / "spool"))  # fmt: skip
+    env = dict(
+        os.environ,
+        WATTSUP_NETGUARD="1",
+        WATTSUP_NETGUARD_LOG=str(log),
+        WATTSUP_NETGUARD_ALLOW=",".join(map(str, allow_ports)),
+        PYTHONPATH=os.pathsep.join([str(GUARD), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        WATTSUP_SPOOL_DIR=str(tmp_path / "spool"),
+    )
     env.pop("MLFLOW_DISABLE_TELEMETRY", None)  # we must not phone home even when the user did not opt out
     env.update(extra)
     return env, log
@@ -44,11 +46,26 @@ def test_tracking_import_and_report_touch_only_the_tracking_server(tmp_path, exp
     srv.start()
     try:
         env, log = guarded_env(tmp_path, [srv.port], MLFLOW_TRACKING_URI=srv.uri)
-        r = run([*WATTSUP, "run", "--experiment", experiment, "--region", "FRA", "--",
-                 sys.executable, "-c", "sum(range(10**6))"], env)  # fmt: skip
+        r = run(
+            [
+                *WATTSUP,
+                "run",
+                "--experiment",
+                experiment,
+                "--region",
+                "FRA",
+                "--",
+                sys.executable,
+                "-c",
+                "sum(range(10**6))",
+            ],
+            env,
+        )
         assert r.returncode == 0, r.stderr
-        code = ("import mlflow_wattsup\nwith mlflow_wattsup.track(experiment=%r) as t:\n"
-                "    with t.stage('a'):\n        sum(range(10**6))\n") % experiment  # fmt: skip
+        code = (
+            f"import mlflow_wattsup\nwith mlflow_wattsup.track(experiment={experiment!r}) as t:\n"
+            "    with t.stage('a'):\n        sum(range(10**6))\n"
+        )
         r = run([sys.executable, "-c", code], env)
         assert r.returncode == 0, r.stderr
         fixtures = SHARED / "fixtures" / "eit-logs" / "FastSurfer_CC_gpu_test"

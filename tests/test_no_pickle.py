@@ -20,12 +20,14 @@ def test_no_plain_unpickling():
             continue
         tree = ast.parse(path.read_text())
         for base, attr, node in calls(tree):
-            assert not (base in ("pickle", "cloudpickle", "dill", "joblib") and attr in ("load", "loads")), \
+            assert not (base in ("pickle", "cloudpickle", "dill", "joblib") and attr in ("load", "loads")), (
                 f"{path.name}:{node.lineno} unpickles with {base}.{attr}"
+            )
             if base == "torch" and attr == "load":
                 kw = {k.arg: k.value for k in node.keywords}
-                assert "weights_only" in kw and getattr(kw["weights_only"], "value", None) is True, \
+                assert "weights_only" in kw and getattr(kw["weights_only"], "value", None) is True, (
                     f"{path.name}:{node.lineno} torch.load without weights_only=True"
+                )
 
 
 def test_models_are_logged_as_pt2_not_pickle():

@@ -1,23 +1,33 @@
 import time
 
 import pytest
-
 from helpers import wattsup
-from mlflow_wattsup import plots
-from mlflow_wattsup.report import RunRow
+
+from mlflow_wattsup.mlflow_layer import plots
+from mlflow_wattsup.mlflow_layer.report import RunRow
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def rows():
     out = []
-    for i, (pipe, dev, e, d, dice, est) in enumerate([
-        ("freesurfer", "cpu", 0.02, 20000, 0.85, False), ("freesurfer", "cpu", 0.025, 24000, 0.86, False),
-        ("fastsurfer", "gpu", 0.001, 60, 0.84, False), ("fastsurfer", "cpu", 0.006, 3600, 0.84, True),
-    ]):  # fmt: skip
-        tags = {"wattsup.pipeline": pipe, "wattsup.device": dev, "wattsup.source.cpu": "estimate" if est else "rapl",
-                "wattsup.source.ram": "rapl"}  # fmt: skip
-        out.append(RunRow(str(i), {"energy_kwh": e, "duration_s": d, "dice_mean": dice, "carbon_g": e * 50}, tags))
+    for i, (pipe, dev, e, d, dice, est) in enumerate(
+        [
+            ("freesurfer", "cpu", 0.02, 20000, 0.85, False),
+            ("freesurfer", "cpu", 0.025, 24000, 0.86, False),
+            ("fastsurfer", "gpu", 0.001, 60, 0.84, False),
+            ("fastsurfer", "cpu", 0.006, 3600, 0.84, True),
+        ]
+    ):
+        tags = {
+            "wattsup.pipeline": pipe,
+            "wattsup.device": dev,
+            "wattsup.source.cpu": "estimate" if est else "rapl",
+            "wattsup.source.ram": "rapl",
+        }
+        out.append(
+            RunRow(str(i), {"energy_kwh": e, "duration_s": d, "dice_mean": dice, "carbon_g": e * 50}, tags)
+        )
     return out
 
 
@@ -46,7 +56,12 @@ def test_trace_and_stages_from_a_real_run_logged_as_artifacts(client, experiment
                     pass
     rid = t.run_id
     m = client.get_run(rid).data.metrics
-    assert m["stage/load/start_s"] < m["stage/compute/start_s"] < m["stage/save/start_s"] <= m["stage/save/end_s"]
+    assert (
+        m["stage/load/start_s"]
+        < m["stage/compute/start_s"]
+        < m["stage/save/start_s"]
+        <= m["stage/save/end_s"]
+    )
     r = wattsup("plot", "trace", "--run-id", rid, "-o", str(tmp_path / "trace.png"))
     assert r.returncode == 0, r.stderr
     r = wattsup("plot", "stages", "--run-id", rid, "-o", str(tmp_path / "stages.png"))

@@ -19,8 +19,14 @@ def _tags_of_fresh_run(tracking_uri, env_extra=None):
 
 def test_entry_point_tags_every_fluent_run(tracking_uri):
     tags = _tags_of_fresh_run(tracking_uri, {"WATTSUP_REGION": "FRA", "WATTSUP_PUE": "1.2"})
-    for key in ("wattsup.version", "wattsup.cpu_model", "wattsup.cpu_logical", "wattsup.gpus",
-                "wattsup.ram_total_gb", "wattsup.meters"):  # fmt: skip
+    for key in (
+        "wattsup.version",
+        "wattsup.cpu_model",
+        "wattsup.cpu_logical",
+        "wattsup.gpus",
+        "wattsup.ram_total_gb",
+        "wattsup.meters",
+    ):
         assert key in tags, key
     assert tags["wattsup.config.region"] == "FRA" and tags["wattsup.config.pue"] == "1.2"
     assert float(tags["wattsup.config.carbon_intensity_g_per_kwh"]) > 0
@@ -36,7 +42,7 @@ def test_bad_config_never_breaks_start_run(tracking_uri):
 
 
 def test_detection_is_cached():
-    from mlflow_wattsup.plugin import WattsupRunContextProvider, machine_tags
+    from mlflow_wattsup.mlflow_layer.plugin import WattsupRunContextProvider, machine_tags
 
     machine_tags.cache_clear()
     p = WattsupRunContextProvider()

@@ -2,7 +2,6 @@
 a real sqlite store, with stub FastSurfer / FreeSurfer executables writing the real log formats."""
 
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -99,17 +98,30 @@ def freesurfer_home(tmp_path):
 # -- FastSurfer -----------------------------------------------------------------------------------
 
 
-def test_fastsurfer_stages_model_cost_and_dice(tracking_uri, client, experiment, tmp_path, fastsurfer_home, reference):
+def test_fastsurfer_stages_model_cost_and_dice(
+    tracking_uri, client, experiment, tmp_path, fastsurfer_home, reference
+):
     (tmp_path / "T1.nii.gz").write_bytes(b"any")  # the stub does not read it
-    r = mlflow_run(REPO / "projects" / "fastsurfer", "t1=T1.nii.gz", "sid=sub01", "sd=out", "device=cpu",
-                   f"reference={reference.relative_to(tmp_path)}", "threads=2", f"fastsurfer_home={fastsurfer_home}",
-                   "region=DEU", cwd=tmp_path, env={"MLFLOW_EXPERIMENT_NAME": experiment,
-                                                    "STUB_SEG_SOURCE": str(reference)})  # fmt: skip
+    r = mlflow_run(
+        REPO / "projects" / "fastsurfer",
+        "t1=T1.nii.gz",
+        "sid=sub01",
+        "sd=out",
+        "device=cpu",
+        f"reference={reference.relative_to(tmp_path)}",
+        "threads=2",
+        f"fastsurfer_home={fastsurfer_home}",
+        "region=DEU",
+        cwd=tmp_path,
+        env={"MLFLOW_EXPERIMENT_NAME": experiment, "STUB_SEG_SOURCE": str(reference)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     [run] = runs_in(client, experiment)
     m, tags = run.data.metrics, run.data.tags
     assert run.info.status == "FINISHED"
-    assert (tmp_path / "out" / "sub01" / "mri" / "aparc.DKTatlas+aseg.deep.mgz").exists()  # relative sd: launch dir
+    assert (
+        tmp_path / "out" / "sub01" / "mri" / "aparc.DKTatlas+aseg.deep.mgz"
+    ).exists()  # relative sd: launch dir
     for view in ("coronal", "sagittal", "axial"):
         assert m[f"stage/{view}/duration_s"] == pytest.approx(0.4, abs=0.35)
         assert m[f"stage/{view}/cpu_time_s"] == pytest.approx(0.4, abs=0.2)
@@ -129,8 +141,16 @@ def test_fastsurfer_stages_model_cost_and_dice(tracking_uri, client, experiment,
 
 def test_fastsurfer_gpu_without_gpu_fails_fast(tracking_uri, tmp_path, fastsurfer_home, experiment):
     (tmp_path / "T1.nii.gz").write_bytes(b"any")
-    r = mlflow_run(REPO / "projects" / "fastsurfer", "t1=T1.nii.gz", "sid=s", "sd=out", "device=gpu",
-                   f"fastsurfer_home={fastsurfer_home}", cwd=tmp_path, env={"MLFLOW_EXPERIMENT_NAME": experiment})  # fmt: skip
+    r = mlflow_run(
+        REPO / "projects" / "fastsurfer",
+        "t1=T1.nii.gz",
+        "sid=s",
+        "sd=out",
+        "device=gpu",
+        f"fastsurfer_home={fastsurfer_home}",
+        cwd=tmp_path,
+        env={"MLFLOW_EXPERIMENT_NAME": experiment},
+    )
     assert r.returncode != 0
     assert r.elapsed < 10, f"took {r.elapsed:.1f} s"
     [line] = our_lines(r.stderr, "fastsurfer")
@@ -153,28 +173,46 @@ def test_fastsurfer_gpu_without_gpu_fails_fast(tracking_uri, tmp_path, fastsurfe
 )
 def test_fastsurfer_bad_params_one_line(tracking_uri, tmp_path, fastsurfer_home, experiment, params, needle):
     (tmp_path / "T1.nii.gz").write_bytes(b"any")
-    base = {"t1": "T1.nii.gz", "sid": "s", "sd": "out", "device": "cpu", "fastsurfer_home": str(fastsurfer_home)}
+    base = {
+        "t1": "T1.nii.gz",
+        "sid": "s",
+        "sd": "out",
+        "device": "cpu",
+        "fastsurfer_home": str(fastsurfer_home),
+    }
     for p in params:
         k, v = p.split("=", 1)
         base[k] = v
-    r = mlflow_run(REPO / "projects" / "fastsurfer", *(f"{k}={v}" for k, v in base.items()), cwd=tmp_path,
-                   env={"MLFLOW_EXPERIMENT_NAME": experiment})  # fmt: skip
+    r = mlflow_run(
+        REPO / "projects" / "fastsurfer",
+        *(f"{k}={v}" for k, v in base.items()),
+        cwd=tmp_path,
+        env={"MLFLOW_EXPERIMENT_NAME": experiment},
+    )
     assert r.returncode != 0
     lines = our_lines(r.stderr, "fastsurfer")
     assert len(lines) == 1 and needle in lines[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
 
 
-def test_params_with_spaces_quotes_and_semicolons_reach_the_pipeline_intact(tracking_uri, tmp_path, fastsurfer_home,
-                                                                            experiment):  # fmt: skip
+def test_params_with_spaces_quotes_and_semicolons_reach_the_pipeline_intact(
+    tracking_uri, tmp_path, fastsurfer_home, experiment
+):
     import json
 
     tricky = tmp_path / "my scan; echo pwned > hacked 'x' \"y\" $(id).nii.gz"
     tricky.write_bytes(b"any")
     argv_file = tmp_path / "argv.json"
-    r = mlflow_run(REPO / "projects" / "fastsurfer", f"t1={tricky}", "sid=s", "sd=out dir", "device=cpu",
-                   f"fastsurfer_home={fastsurfer_home}", cwd=tmp_path,
-                   env={"MLFLOW_EXPERIMENT_NAME": experiment, "STUB_ARGV_FILE": str(argv_file)})  # fmt: skip
+    r = mlflow_run(
+        REPO / "projects" / "fastsurfer",
+        f"t1={tricky}",
+        "sid=s",
+        "sd=out dir",
+        "device=cpu",
+        f"fastsurfer_home={fastsurfer_home}",
+        cwd=tmp_path,
+        env={"MLFLOW_EXPERIMENT_NAME": experiment, "STUB_ARGV_FILE": str(argv_file)},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     argv = json.loads(argv_file.read_text())
     assert argv[argv.index("--t1") + 1] == str(tricky)
@@ -185,17 +223,31 @@ def test_params_with_spaces_quotes_and_semicolons_reach_the_pipeline_intact(trac
 def test_fastsurfer_absent_says_how_to_install(tracking_uri, tmp_path, experiment, monkeypatch):
     monkeypatch.delenv("FASTSURFER_HOME", raising=False)
     (tmp_path / "T1.nii.gz").write_bytes(b"any")
-    r = mlflow_run(REPO / "projects" / "fastsurfer", "t1=T1.nii.gz", "sid=s", "sd=out", "device=cpu", cwd=tmp_path,
-                   env={"MLFLOW_EXPERIMENT_NAME": experiment})  # fmt: skip
+    r = mlflow_run(
+        REPO / "projects" / "fastsurfer",
+        "t1=T1.nii.gz",
+        "sid=s",
+        "sd=out",
+        "device=cpu",
+        cwd=tmp_path,
+        env={"MLFLOW_EXPERIMENT_NAME": experiment},
+    )
     [line] = our_lines(r.stderr, "fastsurfer")
     assert "FastSurfer not found" in line and "FASTSURFER_HOME" in line and "fastsurfer_home" in line
 
 
 def test_fastsurfer_failure_still_logs_totals(tracking_uri, client, experiment, tmp_path, fastsurfer_home):
     (tmp_path / "T1.nii.gz").write_bytes(b"any")
-    r = mlflow_run(REPO / "projects" / "fastsurfer", "t1=T1.nii.gz", "sid=s", "sd=out", "device=cpu",
-                   f"fastsurfer_home={fastsurfer_home}", cwd=tmp_path,
-                   env={"MLFLOW_EXPERIMENT_NAME": experiment, "STUB_EXIT": "3"})  # fmt: skip
+    r = mlflow_run(
+        REPO / "projects" / "fastsurfer",
+        "t1=T1.nii.gz",
+        "sid=s",
+        "sd=out",
+        "device=cpu",
+        f"fastsurfer_home={fastsurfer_home}",
+        cwd=tmp_path,
+        env={"MLFLOW_EXPERIMENT_NAME": experiment, "STUB_EXIT": "3"},
+    )
     assert r.returncode != 0
     [run] = runs_in(client, experiment)
     assert run.info.status == "FAILED" and run.data.tags["wattsup.exit_code"] == "3"
@@ -207,14 +259,31 @@ def test_fastsurfer_failure_still_logs_totals(tracking_uri, client, experiment, 
 
 def test_freesurfer_stage_per_marker(tracking_uri, client, experiment, tmp_path, freesurfer_home, reference):
     (tmp_path / "T1.nii.gz").write_bytes(b"any")
-    r = mlflow_run(REPO / "projects" / "freesurfer", "t1=T1.nii.gz", "sid=bert", "subjects_dir=subjects",
-                   "directive=autorecon1", f"reference={reference}", cwd=tmp_path,
-                   env={"MLFLOW_EXPERIMENT_NAME": experiment, "FREESURFER_HOME": str(freesurfer_home),
-                        "STUB_SEG_SOURCE": str(reference), "FS_LICENSE": ""})  # fmt: skip
+    r = mlflow_run(
+        REPO / "projects" / "freesurfer",
+        "t1=T1.nii.gz",
+        "sid=bert",
+        "subjects_dir=subjects",
+        "directive=autorecon1",
+        f"reference={reference}",
+        cwd=tmp_path,
+        env={
+            "MLFLOW_EXPERIMENT_NAME": experiment,
+            "FREESURFER_HOME": str(freesurfer_home),
+            "STUB_SEG_SOURCE": str(reference),
+            "FS_LICENSE": "",
+        },
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     [run] = runs_in(client, experiment)
     m = run.data.metrics
-    stages = ["MotionCor", "Talairach", "Nu_Intensity_Correction", "Intensity_Normalization", "Skull_Stripping"]
+    stages = [
+        "MotionCor",
+        "Talairach",
+        "Nu_Intensity_Correction",
+        "Intensity_Normalization",
+        "Skull_Stripping",
+    ]
     found = sorted({k.split("/")[1] for k in m if k.startswith("stage/") and k.endswith("/energy_kwh")})
     assert found == sorted(stages)
     for s in stages:
@@ -247,8 +316,14 @@ def test_freesurfer_stage_per_marker(tracking_uri, client, experiment, tmp_path,
 def test_freesurfer_setup_problems_one_line(tracking_uri, tmp_path, freesurfer_home, experiment, env, needle):
     (tmp_path / "T1.nii.gz").write_bytes(b"any")
     e = {"MLFLOW_EXPERIMENT_NAME": experiment, "FREESURFER_HOME": str(freesurfer_home), **env}
-    r = mlflow_run(REPO / "projects" / "freesurfer", "t1=T1.nii.gz", "sid=bert", "subjects_dir=subjects",
-                   cwd=tmp_path, env=e)  # fmt: skip
+    r = mlflow_run(
+        REPO / "projects" / "freesurfer",
+        "t1=T1.nii.gz",
+        "sid=bert",
+        "subjects_dir=subjects",
+        cwd=tmp_path,
+        env=e,
+    )
     assert r.returncode != 0
     [line] = our_lines(r.stderr, "freesurfer")
     assert needle in line
@@ -256,8 +331,14 @@ def test_freesurfer_setup_problems_one_line(tracking_uri, tmp_path, freesurfer_h
 
 def test_freesurfer_licence_missing_in_home(tracking_uri, tmp_path, freesurfer_home, experiment):
     (freesurfer_home / "license.txt").unlink()
-    r = mlflow_run(REPO / "projects" / "freesurfer", "sid=bert", "subjects_dir=subjects", "t1=x", cwd=tmp_path,
-                   env={"MLFLOW_EXPERIMENT_NAME": experiment, "FREESURFER_HOME": str(freesurfer_home), "FS_LICENSE": ""})  # fmt: skip
+    r = mlflow_run(
+        REPO / "projects" / "freesurfer",
+        "sid=bert",
+        "subjects_dir=subjects",
+        "t1=x",
+        cwd=tmp_path,
+        env={"MLFLOW_EXPERIMENT_NAME": experiment, "FREESURFER_HOME": str(freesurfer_home), "FS_LICENSE": ""},
+    )
     assert r.returncode != 0
     lines = our_lines(r.stderr, "freesurfer")
     assert len(lines) == 1
@@ -269,8 +350,13 @@ CORE = {"energy_kwh", "carbon_g", "duration_s", "dice_mean"}
 
 
 def test_segmentation_train(tracking_uri, client, experiment, tmp_path):
-    r = mlflow_run(REPO / "projects" / "segmentation", "epochs=2", entry="train", cwd=tmp_path,
-                   env={"MLFLOW_EXPERIMENT_NAME": experiment})  # fmt: skip
+    r = mlflow_run(
+        REPO / "projects" / "segmentation",
+        "epochs=2",
+        entry="train",
+        cwd=tmp_path,
+        env={"MLFLOW_EXPERIMENT_NAME": experiment},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     [run] = runs_in(client, experiment)
     m = run.data.metrics
@@ -286,7 +372,9 @@ def test_segmentation_train(tracking_uri, client, experiment, tmp_path):
 def test_demo_runs_pipelines_and_prints_table(tracking_uri, client, experiment, tmp_path):
     from test_network import guarded_env
 
-    env, netlog = guarded_env(tmp_path, (), MLFLOW_EXPERIMENT_NAME=experiment)  # offline: no connection at all
+    env, netlog = guarded_env(
+        tmp_path, (), MLFLOW_EXPERIMENT_NAME=experiment
+    )  # offline: no connection at all
     r = mlflow_run(REPO, "epochs=2", cwd=REPO, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not netlog.exists(), netlog.read_text()
@@ -311,8 +399,12 @@ def test_brain_extraction_with_deepbet(tracking_uri, client, experiment, tmp_pat
     pytest.importorskip("deepbet")
     if not Path("/usr/share/mricron/templates/ch2.nii.gz").exists():
         pytest.skip("Debian's mricron-data (Colin27) is not installed")
-    r = mlflow_run(REPO / "projects" / "segmentation", entry="brain_extraction", cwd=tmp_path,
-                   env={"MLFLOW_EXPERIMENT_NAME": experiment})  # fmt: skip
+    r = mlflow_run(
+        REPO / "projects" / "segmentation",
+        entry="brain_extraction",
+        cwd=tmp_path,
+        env={"MLFLOW_EXPERIMENT_NAME": experiment},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     [run] = runs_in(client, experiment)
     m = run.data.metrics

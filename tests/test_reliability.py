@@ -5,7 +5,6 @@ import subprocess
 import time
 
 import pytest
-
 from helpers import WATTSUP, perl_burn
 from server import MlflowServer
 
@@ -36,10 +35,16 @@ def test_outage_spools_and_replays_every_sample_exactly_once(tmp_path, experimen
     spool = tmp_path / "spool"
     env = dict(os.environ, MLFLOW_TRACKING_URI=srv.uri, WATTSUP_SPOOL_DIR=str(spool))
     stop = tmp_path / "stop"
-    burn = (f"import os, time\nwhile not os.path.exists({str(stop)!r}):\n"
-            "    sum(range(20000)); time.sleep(0.01)")  # fmt: skip
-    job = subprocess.Popen([*WATTSUP, "run", "--experiment", experiment, "--interval", "1", "--",
-                            "python3", "-c", burn], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    burn = (
+        f"import os, time\nwhile not os.path.exists({str(stop)!r}):\n    sum(range(20000)); time.sleep(0.01)"
+    )
+    job = subprocess.Popen(
+        [*WATTSUP, "run", "--experiment", experiment, "--interval", "1", "--", "python3", "-c", burn],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 30
         while not _runs(srv.uri, experiment):
@@ -82,13 +87,37 @@ def test_eight_concurrent_runs_do_not_double_count(server, experiment, tmp_path)
     up to no more than the machine's estimated total over the same time."""
     from mlflow_wattsup.meters.proctree import MachineMeter
 
-    env = dict(os.environ, MLFLOW_TRACKING_URI=server.uri, WATTSUP_SPOOL_DIR=str(tmp_path / "spool"),
-               WATTSUP_CPU_W_PER_THREAD="10", WATTSUP_POWERCAP_ROOT=str(tmp_path / "no-rapl"))  # fmt: skip
+    env = dict(
+        os.environ,
+        MLFLOW_TRACKING_URI=server.uri,
+        WATTSUP_SPOOL_DIR=str(tmp_path / "spool"),
+        WATTSUP_CPU_W_PER_THREAD="10",
+        WATTSUP_POWERCAP_ROOT=str(tmp_path / "no-rapl"),
+    )
     machine = MachineMeter()
     before = machine.read().busy_cpu_s
-    jobs = [subprocess.Popen([*WATTSUP, "run", "--experiment", experiment, "--quiet", "--run-name", f"job{i}", "--",
-                              "sh", "-c", perl_burn(15, 1)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for i in range(8)]  # fmt: skip
+    jobs = [
+        subprocess.Popen(
+            [
+                *WATTSUP,
+                "run",
+                "--experiment",
+                experiment,
+                "--quiet",
+                "--run-name",
+                f"job{i}",
+                "--",
+                "sh",
+                "-c",
+                perl_burn(15, 1),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
     for j in jobs:
         out, err = j.communicate(timeout=180)
         assert j.returncode == 0, err

@@ -1,10 +1,9 @@
 import statistics
-import sys
 
 import pytest
-
 from helpers import wattsup
-from mlflow_wattsup.report import RunRow, build, fetch_runs, report, what_if
+
+from mlflow_wattsup.mlflow_layer.report import RunRow, build, fetch_runs, report, what_if
 
 
 def row(pipe, device, energy_kwh, duration_s, basis="rapl", dice=None, extra=None, run_id=None):
@@ -12,9 +11,19 @@ def row(pipe, device, energy_kwh, duration_s, basis="rapl", dice=None, extra=Non
     if dice is not None:
         m["dice_mean"] = dice
     m.update(extra or {})
-    tags = {"wattsup.pipeline": pipe, "wattsup.device": device, "wattsup.source.cpu": basis,
-            "wattsup.source.gpu": "none", "wattsup.source.ram": "rapl" if basis == "rapl" else "estimate"}  # fmt: skip
-    return RunRow(run_id or f"{pipe}-{device}-{energy_kwh}", m, tags, {"wattsup.carbon_intensity_g_per_kwh": "100", "wattsup.pue": "1"})
+    tags = {
+        "wattsup.pipeline": pipe,
+        "wattsup.device": device,
+        "wattsup.source.cpu": basis,
+        "wattsup.source.gpu": "none",
+        "wattsup.source.ram": "rapl" if basis == "rapl" else "estimate",
+    }
+    return RunRow(
+        run_id or f"{pipe}-{device}-{energy_kwh}",
+        m,
+        tags,
+        {"wattsup.carbon_intensity_g_per_kwh": "100", "wattsup.pue": "1"},
+    )
 
 
 RUNS = [
@@ -41,7 +50,11 @@ def test_groups_mean_sd_and_na():
 
 def test_estimates_are_never_averaged_with_measurements():
     rep = build(RUNS)
-    assert ("fastsurfer", "gpu", "measured") in rep.groups and ("fastsurfer", "gpu", "estimated") in rep.groups
+    assert ("fastsurfer", "gpu", "measured") in rep.groups and (
+        "fastsurfer",
+        "gpu",
+        "estimated",
+    ) in rep.groups
     assert rep.n[("fastsurfer", "gpu", "measured")] == 1
     md = rep.to_markdown()
     est_line = next(ln for ln in md.splitlines() if "estimated" in ln and ln.startswith("|"))
@@ -63,7 +76,11 @@ def test_csv_and_html():
     assert lines[0].startswith("pipeline,device,energy_basis,n,runtime_mean,runtime_sd,runtime_n")
     assert any(ln.startswith("freesurfer,cpu,measured,2,") for ln in lines)
     html = rep.to_html()
-    assert html.startswith("<table>") and "<td>freesurfer</td>" in html and "&lt;" not in html.split("<table>")[0]
+    assert (
+        html.startswith("<table>")
+        and "<td>freesurfer</td>" in html
+        and "&lt;" not in html.split("<table>")[0]
+    )
 
 
 def test_what_if_carbon_recomputed_from_energy():
@@ -92,7 +109,13 @@ def test_fetch_fast_path_equals_search_runs(client, experiment, tracking_uri):
     fast = fetch_runs([experiment], tracking_uri=tracking_uri)
     slow = fetch_runs([experiment], tracking_uri=tracking_uri, fast=False)
     assert len(fast) == 6
-    key = lambda rows: sorted((r.run_id, sorted(r.metrics.items()), sorted(r.tags.items()), sorted(r.params.items())) for r in rows)  # noqa: E731
+
+    def key(rows):
+        return sorted(
+            (r.run_id, sorted(r.metrics.items()), sorted(r.tags.items()), sorted(r.params.items()))
+            for r in rows
+        )
+
     assert key(fast) == key(slow)
     assert all("unrelated" not in r.metrics for r in fast)
 
@@ -126,4 +149,8 @@ def test_cli_report(client, experiment, tracking_uri, tmp_path):
     assert wattsup("report", experiment, "--format", "csv", "-o", str(out)).returncode == 0
     assert out.read_text().startswith("pipeline,device,energy_basis")
     bad = wattsup("report", "no-such-experiment")
-    assert bad.returncode == 2 and "no experiment named" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert (
+        bad.returncode == 2
+        and "no experiment named" in bad.stderr
+        and len(bad.stderr.strip().splitlines()) == 1
+    )

@@ -1,11 +1,10 @@
-import os
 import time
 
 import mlflow
 import pytest
 
 import mlflow_wattsup
-from mlflow_wattsup.recording import RUN_ENV
+from mlflow_wattsup.mlflow_layer.recording import RUN_ENV
 
 
 def burn(seconds):
@@ -37,14 +36,16 @@ def test_block_logs_totals_stages_and_user_metrics(client, experiment):
     assert p["wattsup.region"] == "SE3" and p["wattsup.pue"] == "1.58"
     assert tags["wattsup.source.carbon_intensity"].startswith("codecarbon nordic")
     assert t.totals.energy_kwh == pytest.approx(m["energy_kwh"])
-    assert client.get_experiment_by_name(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert (
+        client.get_experiment_by_name(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
+    )
 
 
 def test_exception_logs_totals_then_reraises(client, experiment):
     with pytest.raises(ZeroDivisionError):
         with mlflow_wattsup.track(experiment=experiment):
             burn(0.1)
-            1 / 0
+            _ = 1 / 0
     [run] = runs_of(client, experiment)
     assert run.info.status == "FAILED"
     assert run.data.metrics["cpu_time_s"] > 0.05 and run.data.tags["wattsup.status"] == "FAILED"
@@ -98,7 +99,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_server_down_at_start_measures_anyway_and_replays(monkeypatch, tmp_path, experiment, client, tracking_uri):
+def test_server_down_at_start_measures_anyway_and_replays(
+    monkeypatch, tmp_path, experiment, client, tracking_uri
+):
     """Nothing listens at the tracking URI: the block runs, results are spooled with what is
     needed to create the run later, and `wattsup flush` creates it with every value."""
     from helpers import wattsup

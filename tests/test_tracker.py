@@ -1,13 +1,13 @@
 import time
 
 import pytest
-
 from fakes.nvml import FakeGpu, FakeNvml
 from fakes.procfs import FakeMachine, FakeTree
 from fakes.sysfs import two_socket_tree
+
 from mlflow_wattsup.meters.estimator import CpuPowerModel, RamPowerModel
 from mlflow_wattsup.meters.rapl import open_rapl
-from mlflow_wattsup.tracker import Tracker
+from mlflow_wattsup.tracking.tracker import Tracker
 
 W = CpuPowerModel(5.0, "user-w-per-thread")
 HOUR = 3600.0  # an interval so long the sampler thread never fires: the test drives sample()
@@ -159,7 +159,6 @@ def test_nested_stages_and_log_stages(tmp_path):
         tree.cpu_s += 0.5
     tree.cpu_s += 4.0
     t.sample()
-    end = t.elapsed_s()
     tot = t.stop()
     st = {s.name: s for s in t.stages}
     assert set(st) == {"autorecon1", "autorecon1.skull_strip"}
@@ -175,8 +174,15 @@ def test_nested_stages_and_log_stages(tmp_path):
 
 def test_sampler_thread_emits_strictly_increasing_steps(tmp_path):
     samples = []
-    t = Tracker(FakeTree(), interval_s=0.25, machine=FakeMachine(tmp_path), rapl=False, nvml=False,
-                cpu_model=W, on_sample=samples.append).start()  # fmt: skip
+    t = Tracker(
+        FakeTree(),
+        interval_s=0.25,
+        machine=FakeMachine(tmp_path),
+        rapl=False,
+        nvml=False,
+        cpu_model=W,
+        on_sample=samples.append,
+    ).start()
     time.sleep(2.6)
     t.stop()
     steps = [s.step for s in samples]

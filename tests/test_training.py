@@ -2,9 +2,9 @@ import sys
 import time
 
 import pytest
+from helpers import only_run, wattsup
 
 import mlflow_wattsup
-from helpers import only_run, wattsup
 
 
 def burn(seconds):
@@ -33,7 +33,7 @@ def test_epochs_energy_cumulative_and_linear_prediction(client, experiment):
     for _, kwh in per:  # 0.3 CPU-s at 10 W/thread = 3 J, plus a little RAM
         assert kwh * 3.6e6 == pytest.approx(3.0, rel=0.15)
     cum = history(client, rid, "energy_cumulative_kwh")
-    assert all(b[1] > a[1] for a, b in zip(cum, cum[1:]))
+    assert all(b[1] > a[1] for a, b in zip(cum, cum[1:], strict=False))
     pred = history(client, rid, "predicted_energy_kwh")
     assert [s for s, _ in pred] == [1, 2, 3]  # from the warmup-th epoch on
     e = [v for _, v in per]
@@ -43,7 +43,8 @@ def test_epochs_energy_cumulative_and_linear_prediction(client, experiment):
     assert run.data.tags["wattsup.prediction"] == "linear"
     assert sum(e) <= run.data.metrics["energy_kwh"] * 1.0001
     assert history(client, rid, "predicted_carbon_g")[-1][1] == pytest.approx(
-        pred[-1][1] * float(run.data.params["wattsup.carbon_intensity_g_per_kwh"]), rel=1e-6)
+        pred[-1][1] * float(run.data.params["wattsup.carbon_intensity_g_per_kwh"]), rel=1e-6
+    )
 
 
 def test_epochs_outside_block_and_bad_values():
@@ -53,10 +54,24 @@ def test_epochs_outside_block_and_bad_values():
 
 
 def test_cli_epoch_regex(tracking_uri, client, experiment):
-    code = ("import time\nfor e in range(3):\n    t = time.process_time()\n"
-            "    while time.process_time() - t < 0.3: pass\n    print(f'Epoch [{e + 1}/3] loss 0.1', flush=True)\n")  # fmt: skip
-    r = wattsup("run", "--experiment", experiment, "--quiet", "--epoch-regex", r"Epoch \[(\d+)/",
-                "--planned-epochs", "6", "--", sys.executable, "-c", code)  # fmt: skip
+    code = (
+        "import time\nfor e in range(3):\n    t = time.process_time()\n"
+        "    while time.process_time() - t < 0.3: pass\n    print(f'Epoch [{e + 1}/3] loss 0.1', flush=True)\n"
+    )
+    r = wattsup(
+        "run",
+        "--experiment",
+        experiment,
+        "--quiet",
+        "--epoch-regex",
+        r"Epoch \[(\d+)/",
+        "--planned-epochs",
+        "6",
+        "--",
+        sys.executable,
+        "-c",
+        code,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Epoch [") == 3  # output still reaches the user
     rid = only_run(client, experiment).info.run_id

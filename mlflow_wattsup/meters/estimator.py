@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .hardware import CpuInfo, cpu_info
+from mlflow_wattsup.meters.hardware import CpuInfo, cpu_info
 
 #: CodeCarbon's fallback for CPUs it does not know (``DEFAULT_POWER_PER_CORE``), W per thread.
 DEFAULT_W_PER_THREAD = 4.0

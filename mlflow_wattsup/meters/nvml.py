@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 SOURCE_ENERGY = "nvml-energy"
 SOURCE_POWER = "nvml-power"

@@ -13,7 +13,13 @@ import nibabel as nib
 import numpy as np
 
 STAGES = {
-    "autorecon1": ["MotionCor", "Talairach", "Nu Intensity Correction", "Intensity Normalization", "Skull Stripping"],
+    "autorecon1": [
+        "MotionCor",
+        "Talairach",
+        "Nu Intensity Correction",
+        "Intensity Normalization",
+        "Skull Stripping",
+    ],
     "autorecon2": ["EM Registration", "CA Normalize", "SubCort Seg", "Fill"],
     "autorecon3": ["Sphere lh", "Cortical Parc lh", "Cortical ribbon mask"],
 }
@@ -25,7 +31,7 @@ sd = Path(args[args.index("-sd") + 1]) if "-sd" in args else Path(os.environ["SU
 directive = next(a[1:] for a in args if a[1:] in STAGES)
 subj = sd / sid
 if "-i" in args and subj.exists():
-    sys.exit(f"ERROR: You are trying to re-run an existing subject with (possibly) new input data.")
+    sys.exit("ERROR: You are trying to re-run an existing subject with (possibly) new input data.")
 for d in ("mri", "scripts", "surf", "label"):
     (subj / d).mkdir(parents=True, exist_ok=True)
 log = open(subj / "scripts" / "recon-all.log", "w")
@@ -43,9 +49,11 @@ for stage in STAGES[directive]:
         _, status, ru = os.wait4(proc.pid, 0)
         wall = time.time() - t0
         cpu = ru.ru_utime + ru.ru_stime
-        log.write(f"{cmd} --args\n@#@FSTIME  {time.strftime('%Y:%m:%d:%H:%M:%S')} {cmd} N 3 e {wall:.2f} "
-                  f"S {ru.ru_stime:.2f} U {ru.ru_utime:.2f} P {int(100 * cpu / max(wall, 1e-6))}% M {ru.ru_maxrss} "
-                  f"F 0 R 1000 W 0 c 10 w 5 I 0 O 8 L 0.5 0.4 0.3\n")
+        log.write(
+            f"{cmd} --args\n@#@FSTIME  {time.strftime('%Y:%m:%d:%H:%M:%S')} {cmd} N 3 e {wall:.2f} "
+            f"S {ru.ru_stime:.2f} U {ru.ru_utime:.2f} P {int(100 * cpu / max(wall, 1e-6))}% M {ru.ru_maxrss} "
+            f"F 0 R 1000 W 0 c 10 w 5 I 0 O 8 L 0.5 0.4 0.3\n"
+        )
         log.write(f"@#@FSLOADPOST {time.strftime('%Y:%m:%d:%H:%M:%S')} {cmd} N 3 0.50 0.40 0.30\n")
         log.flush()
 src = os.environ.get("STUB_SEG_SOURCE")

@@ -46,7 +46,9 @@ log.write(f"Log file for segmentation FastSurferCNN/run_prediction.py\n{time.cti
 say("Checking or downloading default checkpoints ...")
 say(f"[INFO: common.py:  111]: Using device: {a.device}")
 for view in ("coronal", "sagittal", "axial"):
-    say(f"[INFO: inference.py:  200]: Loading checkpoint /fastsurfer/checkpoints/aparc_vinn_{view}_v2.0.0.pkl")
+    say(
+        f"[INFO: inference.py:  200]: Loading checkpoint /fastsurfer/checkpoints/aparc_vinn_{view}_v2.0.0.pkl"
+    )
 say(f"Analyzing single subject {a.t1}")
 per_view = float(os.environ.get("STUB_VIEW_S", "0.4"))
 for view in ("coronal", "sagittal", "axial"):
@@ -55,7 +57,9 @@ for view in ("coronal", "sagittal", "axial"):
     while time.process_time() - t < per_view:
         pass
     say(f"[INFO: inference.py:  270]: Inference on 256 batches for {view} successful")
-    say(f"[INFO: inference.py:  310]: {view.capitalize()} inference on {a.t1} finished in {time.time() - start:0.4f} seconds")
+    say(
+        f"[INFO: inference.py:  310]: {view.capitalize()} inference on {a.t1} finished in {time.time() - start:0.4f} seconds"
+    )
 src = os.environ.get("STUB_SEG_SOURCE")
 if src:
     ref = nib.load(src)

@@ -1,0 +1,87 @@
+"""recon-all log formats (``$SUBJECTS_DIR/<sid>/scripts/recon-all.log``).
+
+* ``#@# <Stage name> <date>`` starts a stage (e.g. ``#@# Talairach Tue Mar 30 12:00:01 EDT 2021``);
+  it runs until the next marker or the end of recon-all.
+* ``@#@FSTIME <YYYY:MM:DD:hh:mm:ss> <command> N <nargs> e <wall s> S <sys s> U <user s> P <cpu%>
+  M <max RSS KB> ...`` - one line per FreeSurfer binary, written by its own timer.
+* ``#@#%# recon-all-run-time-hours <h>`` at the end; ``scripts/recon-all.done`` holds
+  ``START_TIME``/``END_TIME``/``RUNTIME_HOURS``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+_MARKER = re.compile(r"^#@#\s+(?P<stage>.+?)\s+(?P<date>(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)\s.*)$")
+_MARKER_NODATE = re.compile(r"^#@#\s+(?P<stage>\S.*?)\s*$")
+_FSTIME = re.compile(
+    r"^@#@FSTIME\s+(?P<when>\d{4}:\d{2}:\d{2}:\d{2}:\d{2}:\d{2})\s+(?P<cmd>\S+)\s+N\s+(?P<n>\d+)\s+"
+    r"e\s+(?P<e>[\d.]+)\s+S\s+(?P<S>[\d.]+)\s+U\s+(?P<U>[\d.]+)\s+P\s+(?P<P>[\d.]+)%\s+M\s+(?P<M>\d+)"
+)
+_RUNTIME = re.compile(r"^#@#%#\s+recon-all-run-time-hours\s+(?P<h>[\d.]+)")
+
+DIRECTIVES = ("all", "autorecon1", "autorecon2", "autorecon3")
+
+
+@dataclass(frozen=True)
+class StageMarker:
+    stage: str
+    date_text: str  # as written (local time with a zone abbreviation): kept, not parsed
+
+
+@dataclass(frozen=True)
+class FsTime:
+    """One ``@#@FSTIME`` line: a FreeSurfer binary's own timing."""
+
+    when: datetime
+    command: str
+    wall_s: float
+    sys_s: float
+    user_s: float
+    cpu_percent: float
+    max_rss_kb: int
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
+
+
+def parse_line(line: str) -> StageMarker | FsTime | float | None:
+    """A stage marker, an FSTIME record, the final run time in hours (float), or None."""
+    line = line.rstrip("\n")
+    if line.startswith("@#@FSTIME"):
+        m = _FSTIME.match(line)
+        if not m:
+            return None
+        return FsTime(
+            datetime.strptime(m["when"], "%Y:%m:%d:%H:%M:%S"),
+            m["cmd"],
+            float(m["e"]),
+            float(m["S"]),
+            float(m["U"]),
+            float(m["P"]),
+            int(m["M"]),
+        )
+    if line.startswith("#@#%#"):
+        m = _RUNTIME.match(line)
+        return float(m["h"]) if m else None
+    if line.startswith("#@# "):
+        m = _MARKER.match(line) or _MARKER_NODATE.match(line)
+        if m:
+            return StageMarker(m["stage"].strip(), m.groupdict().get("date") or "")
+    return None
+
+
+def parse_log(text: str) -> tuple[list[StageMarker], list[tuple[str, FsTime]]]:
+    """Stage markers in order, and every FSTIME record with the stage it ran in."""
+    stages: list[StageMarker] = []
+    times: list[tuple[str, FsTime]] = []
+    for line in text.splitlines():
+        item = parse_line(line)
+        if isinstance(item, StageMarker):
+            stages.append(item)
+        elif isinstance(item, FsTime):
+            times.append((stages[-1].stage if stages else "", item))
+    return stages, times

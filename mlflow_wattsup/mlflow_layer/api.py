@@ -1,0 +1,198 @@
+"""Layer 4: ``mlflow_wattsup.track`` - measure a Python block or function into an MLflow run."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from mlflow_wattsup.mlflow_layer.recording import (
+    RUN_ENV,
+    CarbonConfig,
+    Recording,
+    ensure_experiment,
+    make_tracker,
+)
+from mlflow_wattsup.mlflow_layer.sink import MlflowSink
+from mlflow_wattsup.tracking.tracker import StageResult, Totals, Tracker
+
+log = logging.getLogger("mlflow_wattsup")
+_said: set[str] = set()
+
+
+class track:
+    """Measure the energy, carbon and runtime of a block (or, as a decorator, of each call).
+
+    ::
+
+        with mlflow_wattsup.track("train", experiment="unet", region="CA-QC") as t:
+            with t.stage("epoch-1"):
+                ...
+        t.totals.energy_kwh
+
+    The run is, in order: ``run_id``; the active fluent run (``mlflow.start_run``, or the run
+    ``mlflow run`` set in ``MLFLOW_RUN_ID``); else a new run in ``experiment`` that is ended when
+    the block ends (FINISHED, FAILED on an exception, KILLED on KeyboardInterrupt). Inside the
+    block ``mlflow.log_metric`` & co. log to the same run. An exception in the block is re-raised
+    after the totals are logged; a failure of our own logging never raises.
+
+    Carbon: ``carbon_intensity`` (g/kWh) or ``region`` (see ``wattsup regions``), else the
+    ``WATTSUP_CARBON_INTENSITY`` / ``WATTSUP_REGION`` environment, else the world average.
+    ``pue`` defaults to 1.0 (IT energy only). CPU estimates use ``cpu_tdp_w`` or
+    ``cpu_w_per_thread`` when the CPU model is not in CodeCarbon's table.
+    """
+
+    def __init__(
+        self,
+        run_name: str | None = None,
+        *,
+        experiment: str | None = None,
+        run_id: str | None = None,
+        tracking_uri: str | None = None,
+        interval_s: float = 1.0,
+        region: str | None = None,
+        carbon_intensity: float | None = None,
+        pue: float | None = None,
+        cpu_tdp_w: float | None = None,
+        cpu_w_per_thread: float | None = None,
+        tags: Mapping[str, str] | None = None,
+        powercap_root: str | None = None,
+        nvml: Any = None,
+        flush_interval_s: float = 10.0,
+    ):
+        self._kwargs = dict(locals())
+        del self._kwargs["self"]
+        self.run_name = run_name
+        self.experiment = experiment
+        self.run_id = run_id
+        self.tracking_uri = tracking_uri
+        self.carbon = CarbonConfig.resolve(carbon_intensity, region, pue)
+        self.tracker: Tracker = make_tracker(
+            interval_s=interval_s,
+            cpu_tdp_w=cpu_tdp_w,
+            cpu_w_per_thread=cpu_w_per_thread,
+            powercap_root=powercap_root,
+            nvml=nvml,
+        )
+        self._tags = dict(tags or {})
+        self._flush_interval_s = flush_interval_s
+        self._recording: Recording | None = None
+        self._ended_run = False
+        self._created_deferred = False
+        self.totals: Totals | None = None
+
+    # -- context manager ------------------------------------------------------------------------
+
+    def __enter__(self) -> track:
+        from mlflow_wattsup.mlflow_layer.recording import resolve_run
+        from mlflow_wattsup.mlflow_layer.sink import Store, quick_http
+
+        client = MlflowClient(self.tracking_uri)
+        run_id = self.run_id
+        create = None
+        active = mlflow.active_run()
+        if run_id is None and active is not None:
+            run_id = active.info.run_id
+        if run_id is None:
+            if self.tracking_uri:
+                mlflow.set_tracking_uri(self.tracking_uri)
+            if Store(client).reachable():
+                exp_id = (
+                    None if os.environ.get("MLFLOW_RUN_ID") else ensure_experiment(client, self.experiment)
+                )
+                run = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name)
+                run_id = run.info.run_id
+                self._ended_run = True
+            else:  # the server is down: measure anyway, create the run when it answers
+                with quick_http():
+                    run_id, _, create = resolve_run(client, None, self.experiment, self.run_name)
+                self._created_deferred = create is not None
+        self.run_id = run_id
+        for note in [*self.tracker.notes, self.carbon.intensity.warning]:
+            if note and note not in _said:  # once per process, not once per decorated call
+                _said.add(note)
+                log.warning(note)
+        as_stage = (self.run_name or "python") if run_id and os.environ.get(RUN_ENV) == run_id else None
+        sink = MlflowSink(run_id, client, create=create, flush_interval_s=self._flush_interval_s)
+        self._recording = Recording(sink, self.tracker, self.carbon, self._tags, as_stage=as_stage).start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        from mlflow_wattsup.mlflow_layer.sink import quick_http
+
+        rec = self._recording
+        assert rec is not None, "track.__exit__ without __enter__"
+        status = "FINISHED"
+        if exc_type is not None:
+            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        try:
+            self.totals = rec.finish({"wattsup.status": status})
+            # our own threads ran in the measured process: say how much of cpu_time_s they were
+            rec.sink.log_metrics({"tracker_cpu_s": self.tracker.sampler_cpu_s + rec.sink.writer_cpu_s})
+        finally:
+            if self._ended_run or self._created_deferred:
+                rec.sink.terminate(status)
+            rec.sink.close()
+            self.run_id = rec.sink.run_id
+            if self._ended_run:
+                # the status is written (or spooled) by our sink; this only pops MLflow's fluent
+                # run, and must not hang on a server that is down
+                with quick_http():
+                    try:
+                        mlflow.end_run(status)
+                    except Exception:
+                        pass
+        return False  # never swallow the block's exception
+
+    # -- stages ---------------------------------------------------------------------------------
+
+    def stage(self, name: str):
+        """Context manager measuring a named stage: ``stage/<name>/energy_kwh`` etc."""
+        return self.tracker.stage(name)
+
+    @property
+    def stages(self) -> list[StageResult]:
+        return self.tracker.stages
+
+    def epochs(self, planned: int | None = None, warmup: int = 1):
+        """Per-epoch energy and a predicted total for ``planned`` epochs, see
+        :mod:`mlflow_wattsup.mlflow_layer.training`."""
+        from mlflow_wattsup.mlflow_layer.training import EpochEnergy
+
+        if self._recording is None:
+            raise RuntimeError("call epochs() inside the 'with track(...)' block")
+        return EpochEnergy(self.tracker, self._recording.sink, self.carbon, planned, warmup)
+
+    def log_model_cost(
+        self, model, input_shape=None, example_inputs=None, samples_seen=None, passes: int = 1
+    ):
+        """:func:`mlflow_wattsup.log_model_cost` into this run."""
+        from mlflow_wattsup.mlflow_layer.log import log_model_cost
+
+        return log_model_cost(
+            model, input_shape, example_inputs, samples_seen=samples_seen, passes=passes, run_id=self.run_id
+        )
+
+    def log_dice(self, result, prefix: str = "dice"):
+        """:func:`mlflow_wattsup.log_dice` into this run."""
+        from mlflow_wattsup.mlflow_layer.log import log_dice
+
+        return log_dice(result, prefix=prefix, sink=self._recording.sink)
+
+    # -- decorator ------------------------------------------------------------------------------
+
+    def __call__(self, fn: Callable) -> Callable:
+        kwargs = dict(self._kwargs)
+        kwargs["run_name"] = kwargs["run_name"] or fn.__name__
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kw):
+            with track(**kwargs):
+                return fn(*args, **kw)
+
+        return wrapper

@@ -1,0 +1,129 @@
+"""Shared plumbing for the command-line pipelines (FastSurfer, FreeSurfer): one tracked run of an
+external command, with its stages, Dice and model cost logged through the same sink."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mlflow_wattsup.mlflow_layer.projects.params import float_param, is_none
+
+
+def add_carbon_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--region", default="")
+    p.add_argument("--carbon-intensity", default="")
+    p.add_argument("--pue", default="")
+    p.add_argument("--experiment", default=None)
+
+
+def carbon_from(args):
+    """Validated carbon settings; raises the carbon module's one-line errors."""
+    from mlflow_wattsup.mlflow_layer.recording import CarbonConfig
+
+    intensity = (
+        None if is_none(args.carbon_intensity) else float_param("carbon_intensity", args.carbon_intensity)
+    )
+    pue = None if is_none(args.pue) else float_param("pue", args.pue, 1.0)
+    return CarbonConfig.resolve(intensity, None if is_none(args.region) else args.region, pue)
+
+
+class CommandPipeline:
+    """Track one external command into the run ``mlflow run`` made (``MLFLOW_RUN_ID``), or into a
+    new run in ``experiment`` when started directly."""
+
+    def __init__(self, name: str, carbon, tags: dict[str, str], experiment: str | None = None):
+        from mlflow.tracking import MlflowClient
+
+        from mlflow_wattsup.meters.proctree import ProcessTreeMeter
+        from mlflow_wattsup.mlflow_layer.recording import Recording, make_tracker, resolve_run
+        from mlflow_wattsup.mlflow_layer.sink import MlflowSink
+
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # see cli.main: fail fast, we spool
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+        self.client = MlflowClient()
+        run_id, self.created, create = resolve_run(self.client, None, experiment, name)
+        self.carbon = carbon
+        self.tracker = make_tracker(tree=ProcessTreeMeter(children_of=os.getpid()))
+        self.sink = MlflowSink(run_id, self.client, create=create)
+        self.rec = Recording(self.sink, self.tracker, carbon, dict(tags))
+        for note in [*self.tracker.notes, carbon.intensity.warning]:
+            if note:
+                print(f"wattsup: {note}", file=sys.stderr)
+
+    def execute(self, cmd: Sequence[str], env: dict[str, str] | None = None, **watch) -> tuple[int, bool]:
+        """Run ``cmd`` measured; returns (exit code, signalled). 127/126 if it cannot start."""
+        from mlflow_wattsup.tracking.runner import SpawnError, execute
+
+        self.rec.start()
+        self.sink.set_tags({"wattsup.command": " ".join(cmd)})
+        try:
+            return execute(cmd, self.tracker, env, **watch)
+        except SpawnError as exc:
+            print(f"wattsup: {exc.message}", file=sys.stderr)
+            return exc.exit_code, False
+
+    def stop(self):
+        """End the measurement (call once the command's stages are closed, before post-processing
+        such as Dice or FLOPs counting, which is ours and not the pipeline's)."""
+        return self.tracker.stop()
+
+    def finish(
+        self, exit_code: int, signalled: bool, problem: str | None = None, prog: str = "wattsup"
+    ) -> int:
+        """Log totals and stages, close the sink, end the run if we created it; returns the
+        exit code to leave with: the pipeline's, or 2 when it succeeded but ``problem`` (e.g. no
+        Dice: the reference did not fit) is reported, after everything measured is logged."""
+        from mlflow_wattsup.mlflow_layer.recording import summary_text
+        from mlflow_wattsup.tracking.runner import run_status
+
+        status = run_status(exit_code, signalled)
+        totals = self.rec.finish({"wattsup.exit_code": str(exit_code), "wattsup.status": status})
+        if self.created:
+            self.sink.terminate(status)
+        self.sink.close()
+        print(
+            summary_text(
+                self.sink.run_id or "(not created yet: spooled)",
+                self.client.tracking_uri,
+                totals,
+                self.carbon,
+                exit_code,
+                status,
+            ),
+            file=sys.stderr,
+        )
+        if problem:
+            print(f"{prog}: error: {problem}", file=sys.stderr)
+            return exit_code or 2
+        return exit_code
+
+
+def gpu_available() -> bool:
+    """An NVIDIA GPU usable by NVML (no torch import: this check must be fast)."""
+    from mlflow_wattsup.meters.nvml import open_nvml
+
+    meter = open_nvml()
+    if meter is None:
+        return False
+    meter.close()
+    return True
+
+
+def score(sink, seg: Path, reference: Path, fn: Callable) -> str | None:
+    """Log Dice with ``fn(sink, seg, reference)``; an unusable pair is reported (a warning tag and
+    the returned message), never raised: the measurement already made must still be logged."""
+    from mlflow_wattsup.analysis.dice import DiceInputError
+
+    if not seg.exists():
+        msg = f"{seg} was not written: no Dice"
+    else:
+        try:
+            fn(sink, seg, reference)
+            return None
+        except DiceInputError as exc:
+            msg = str(exc)
+    sink.set_tags({"wattsup.warning.dice": msg})
+    return msg
