@@ -33,7 +33,7 @@ def test_bare_metal_known_model_uses_table_tdp_per_thread():
     assert m.basis == "codecarbon-tdp" and m.tdp_w == 150.0
     assert m.w_per_thread == pytest.approx(150.0 / 40)
     assert m.energy_j(10.0) == pytest.approx(37.5)
-    assert m.params()["wattsup.estimate.cpu_tdp_match"] == "Intel Xeon Gold 6148"
+    assert m.params()["cpu_tdp_match"] == "Intel Xeon Gold 6148"
 
 
 def test_vm_does_not_divide_host_tdp_by_guest_threads():

@@ -4,7 +4,7 @@ import mlflow
 import pytest
 
 import mlflow_wattsup
-from mlflow_wattsup.mlflow_layer.recording import RUN_ENV
+from mlflow_wattsup.mlflow_layer.keys import RUN_ENV
 
 
 def burn(seconds):

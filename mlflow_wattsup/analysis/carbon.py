@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_wattsup.meters.estimator import codecarbon_data_dir
+from mlflow_wattsup.meters.units import kwh
 
 REGION_ENV = "WATTSUP_REGION"
 INTENSITY_ENV = "WATTSUP_CARBON_INTENSITY"
@@ -302,3 +303,28 @@ def resolve_pue(pue: float | str | None = None) -> tuple[float, str]:
     if pue is None:
         return 1.0, "default"
     return parse_number(pue, "PUE", 1.0), "user"
+
+
+@dataclass(frozen=True)
+class CarbonConfig:
+    """The carbon settings of one run: intensity (with its source), PUE (with its source)."""
+
+    intensity: CarbonIntensity
+    pue: float
+    pue_source: str
+
+    @classmethod
+    def resolve(
+        cls,
+        carbon_intensity: float | str | None = None,
+        region: str | None = None,
+        pue: float | str | None = None,
+    ) -> CarbonConfig:
+        """From the user's values, else the ``WATTSUP_*`` environment, else defaults (see
+        :func:`resolve_intensity`, :func:`resolve_pue`); raises :class:`CarbonConfigError`."""
+        value, source = resolve_pue(pue)
+        return cls(resolve_intensity(carbon_intensity, region), value, source)
+
+    def carbon_g(self, energy_j: float) -> float:
+        """Grams CO2eq of ``energy_j`` joules of IT energy."""
+        return carbon_g(kwh(energy_j), self.intensity.g_per_kwh, self.pue)

@@ -63,16 +63,17 @@ class CpuPowerModel:
         return self.w_per_thread * cpu_s
 
     def params(self) -> dict[str, str]:
-        """Parameters to log so a reader can recompute the estimate."""
+        """The estimate's parameters (names without a prefix; the MLflow layer adds its own), so a
+        reader can recompute the estimate."""
         out = {
-            "wattsup.estimate.cpu_model": "w_per_thread x cpu_seconds",
-            "wattsup.estimate.cpu_w_per_thread": f"{self.w_per_thread:.4g}",
-            "wattsup.estimate.cpu_basis": self.basis,
+            "cpu_model": "w_per_thread x cpu_seconds",
+            "cpu_w_per_thread": f"{self.w_per_thread:.4g}",
+            "cpu_basis": self.basis,
         }
         if self.tdp_w is not None:
-            out["wattsup.estimate.cpu_tdp_w"] = f"{self.tdp_w:g}"
+            out["cpu_tdp_w"] = f"{self.tdp_w:g}"
         if self.matched_model:
-            out["wattsup.estimate.cpu_tdp_match"] = self.matched_model
+            out["cpu_tdp_match"] = self.matched_model
         return out
 
 
@@ -85,8 +86,8 @@ class RamPowerModel:
 
     def params(self) -> dict[str, str]:
         return {
-            "wattsup.estimate.ram_model": "w_per_gb x resident_gb",
-            "wattsup.estimate.ram_w_per_gb": f"{self.w_per_gb:g}",
+            "ram_model": "w_per_gb x resident_gb",
+            "ram_w_per_gb": f"{self.w_per_gb:g}",
         }
 
 

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import functools
-import logging
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import mlflow
-from mlflow.tracking import MlflowClient
-
-from mlflow_wattsup.mlflow_layer.recording import (
-    RUN_ENV,
-    CarbonConfig,
-    Recording,
-    ensure_experiment,
-    make_tracker,
-)
-from mlflow_wattsup.mlflow_layer.sink import MlflowSink
-from mlflow_wattsup.tracking.tracker import StageResult, Totals, Tracker
-
-log = logging.getLogger("mlflow_wattsup")
-_said: set[str] = set()
+from mlflow_wattsup.analysis.carbon import CarbonConfig
+from mlflow_wattsup.mlflow_layer import keys
+from mlflow_wattsup.mlflow_layer.lifecycle import TrackedRun, say
+from mlflow_wattsup.mlflow_layer.recording import Recording
+from mlflow_wattsup.tracking.tracker import StageResult, Totals, Tracker, make_tracker
 
 
 class track:
@@ -82,71 +70,40 @@ class track:
         self._tags = dict(tags or {})
         self._flush_interval_s = flush_interval_s
         self._recording: Recording | None = None
-        self._ended_run = False
-        self._created_deferred = False
+        self._run: TrackedRun | None = None
         self.totals: Totals | None = None
 
     # -- context manager ------------------------------------------------------------------------
 
     def __enter__(self) -> track:
-        from mlflow_wattsup.mlflow_layer.recording import resolve_run
-        from mlflow_wattsup.mlflow_layer.sink import Store, quick_http
-
-        client = MlflowClient(self.tracking_uri)
-        run_id = self.run_id
-        create = None
-        active = mlflow.active_run()
-        if run_id is None and active is not None:
-            run_id = active.info.run_id
-        if run_id is None:
-            if self.tracking_uri:
-                mlflow.set_tracking_uri(self.tracking_uri)
-            if Store(client).reachable():
-                exp_id = (
-                    None if os.environ.get("MLFLOW_RUN_ID") else ensure_experiment(client, self.experiment)
-                )
-                run = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name)
-                run_id = run.info.run_id
-                self._ended_run = True
-            else:  # the server is down: measure anyway, create the run when it answers
-                with quick_http():
-                    run_id, _, create = resolve_run(client, None, self.experiment, self.run_name)
-                self._created_deferred = create is not None
-        self.run_id = run_id
-        for note in [*self.tracker.notes, self.carbon.intensity.warning]:
-            if note and note not in _said:  # once per process, not once per decorated call
-                _said.add(note)
-                log.warning(note)
-        as_stage = (self.run_name or "python") if run_id and os.environ.get(RUN_ENV) == run_id else None
-        sink = MlflowSink(run_id, client, create=create, flush_interval_s=self._flush_interval_s)
-        self._recording = Recording(sink, self.tracker, self.carbon, self._tags, as_stage=as_stage).start()
+        run = TrackedRun(
+            tracking_uri=self.tracking_uri,
+            run_id=self.run_id,
+            experiment=self.experiment,
+            run_name=self.run_name,
+            fluent=True,
+            flush_interval_s=self._flush_interval_s,
+        )
+        self._run = run
+        self.run_id = run.run_id
+        say([*self.tracker.notes, self.carbon.intensity.warning], echo=None, once=True)
+        as_stage = (self.run_name or "python") if run.as_stage_of_outer else None
+        self._recording = run.record(self.tracker, self.carbon, self._tags, as_stage=as_stage)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        from mlflow_wattsup.mlflow_layer.sink import quick_http
-
-        rec = self._recording
-        assert rec is not None, "track.__exit__ without __enter__"
+        run = self._run
+        assert run is not None and self._recording is not None, "track.__exit__ without __enter__"
         status = "FINISHED"
         if exc_type is not None:
             status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
-        try:
-            self.totals = rec.finish({"wattsup.status": status})
-            # our own threads ran in the measured process: say how much of cpu_time_s they were
-            rec.sink.log_metrics({"tracker_cpu_s": self.tracker.sampler_cpu_s + rec.sink.writer_cpu_s})
-        finally:
-            if self._ended_run or self._created_deferred:
-                rec.sink.terminate(status)
-            rec.sink.close()
-            self.run_id = rec.sink.run_id
-            if self._ended_run:
-                # the status is written (or spooled) by our sink; this only pops MLflow's fluent
-                # run, and must not hang on a server that is down
-                with quick_http():
-                    try:
-                        mlflow.end_run(status)
-                    except Exception:
-                        pass
+        sink = run.sink
+
+        def own_cpu() -> None:  # our threads ran in the measured process: part of cpu_time_s
+            sink.log_metrics({keys.TRACKER_CPU_S: self.tracker.sampler_cpu_s + sink.writer_cpu_s})
+
+        self.totals = run.finish(status, before_close=own_cpu)
+        self.run_id = run.run_id
         return False  # never swallow the block's exception
 
     # -- stages ---------------------------------------------------------------------------------

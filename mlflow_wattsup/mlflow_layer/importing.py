@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from mlflow_wattsup.analysis.carbon import carbon_g, world_average
+from mlflow_wattsup import __version__
+from mlflow_wattsup.analysis.carbon import CarbonConfig, CarbonIntensity, world_average
 from mlflow_wattsup.analysis.importers.eit import ImportedRun
-from mlflow_wattsup.mlflow_layer.sink import MlflowSink
-from mlflow_wattsup.tracking.tracker import J_PER_KWH, stage_key
+from mlflow_wattsup.meters.units import Energy
+from mlflow_wattsup.mlflow_layer import keys
+from mlflow_wattsup.mlflow_layer.sink.transport import Store
+from mlflow_wattsup.mlflow_layer.sink.writer import MlflowSink
+from mlflow_wattsup.tracking.tracker import stage_key
 
 
 def find_imported(client: MlflowClient, experiment_id: str, key: str) -> str | None:
-    runs = client.search_runs([experiment_id], f"tags.`wattsup.import.key` = '{key}'", max_results=1)
+    runs = client.search_runs([experiment_id], f"tags.`{keys.IMPORT_KEY}` = '{key}'", max_results=1)
     return runs[0].info.run_id if runs else None
 
 
@@ -37,68 +41,47 @@ def write(
     else:
         w = world_average()
         intensity, i_source = w.g_per_kwh, f"{w.source} (the log had none)"
+    pue_source = "user" if pue is not None else ("log" if run.pue is not None else "default")
+    carbon = CarbonConfig(CarbonIntensity(intensity, i_source, run.region or ""), p, pue_source)
+    gpu_used = run.gpu_j > 0 or run.tags.get(keys.DEVICE) == "gpu"
     tags = {
         **run.tags,
-        "wattsup.source.cpu": run.importer,
-        "wattsup.source.gpu": run.importer
-        if run.gpu_j > 0 or run.tags.get("wattsup.device") == "gpu"
-        else "none",
-        "wattsup.source.ram": run.importer if run.ram_j > 0 else "none",
-        "wattsup.source.carbon_intensity": i_source,
-        "wattsup.source.pue": "user" if pue is not None else ("log" if run.pue is not None else "default"),
-        "wattsup.import.key": run.key,
-        "wattsup.import.source": run.source,
+        **keys.source_tags(
+            run.importer, run.importer if gpu_used else "none", run.importer if run.ram_j > 0 else "none"
+        ),
+        **keys.carbon_tags(i_source, pue_source),
+        **keys.import_tags(run.key, run.source, run.notes),
         "mlflow.source.name": run.source,
         "mlflow.source.type": "LOCAL",
+        keys.VERSION: __version__,
     }
     if pipeline:
-        tags["wattsup.pipeline"] = pipeline
+        tags[keys.PIPELINE] = pipeline
     if device:
-        tags["wattsup.device"] = device
-    if run.notes:
-        tags["wattsup.import.notes"] = "; ".join(run.notes)
-    from mlflow_wattsup import __version__
-
-    tags["wattsup.version"] = __version__
-    run_id = client.create_run(
-        experiment_id, start_time=int(run.start_epoch_s * 1000), run_name=run.name
-    ).info.run_id
-    sink = MlflowSink(run_id, client, flush_interval_s=0)
+        tags[keys.DEVICE] = device
+    store = Store(client)
+    run_id = store.create_run(
+        {"experiment_id": experiment_id, "run_name": run.name, "start_time": int(run.start_epoch_s * 1000)}
+    )
+    sink = MlflowSink(run_id, client, flush_interval_s=0, store=store)
     end_ms = int(run.end_epoch_s * 1000)
-    total_j = run.cpu_j + run.gpu_j + run.ram_j
-    machine_j = run.machine_cpu_j + run.machine_gpu_j + run.machine_ram_j
-    metrics = {
-        "duration_s": run.duration_s,
-        "energy_kwh": total_j / J_PER_KWH,
-        "energy_cpu_kwh": run.cpu_j / J_PER_KWH,
-        "energy_gpu_kwh": run.gpu_j / J_PER_KWH,
-        "energy_ram_kwh": run.ram_j / J_PER_KWH,
-        "carbon_g": carbon_g(total_j / J_PER_KWH, intensity, p),
-        "power_mean_w": total_j / run.duration_s if run.duration_s > 0 else 0.0,
-    }
-    if machine_j > 0:
-        metrics.update(
-            {
-                "machine_energy_kwh": machine_j / J_PER_KWH,
-                "machine_energy_cpu_kwh": run.machine_cpu_j / J_PER_KWH,
-                "machine_energy_gpu_kwh": run.machine_gpu_j / J_PER_KWH,
-                "machine_energy_ram_kwh": run.machine_ram_j / J_PER_KWH,
-            }
-        )
+    machine = Energy(run.machine_cpu_j, run.machine_gpu_j, run.machine_ram_j)
+    metrics = keys.run_metrics(
+        run.duration_s,
+        Energy(run.cpu_j, run.gpu_j, run.ram_j),
+        carbon,
+        machine_energy=machine if machine.total_j > 0 else None,
+    )
     for st in run.stages:
-        pfx = f"stage/{stage_key(st.name)}/"
-        e = st.cpu_j + st.gpu_j
         metrics.update(
-            {
-                pfx + "start_s": st.start_s,
-                pfx + "end_s": st.end_s,
-                pfx + "duration_s": st.end_s - st.start_s,
-                pfx + "energy_kwh": e / J_PER_KWH,
-                pfx + "energy_cpu_kwh": st.cpu_j / J_PER_KWH,
-                pfx + "energy_gpu_kwh": st.gpu_j / J_PER_KWH,
-                pfx + "energy_ram_kwh": 0.0,
-                pfx + "carbon_g": carbon_g(e / J_PER_KWH, intensity, p),
-            }
+            keys.stage_metrics(
+                stage_key(st.name),
+                st.start_s,
+                st.end_s,
+                st.end_s - st.start_s,
+                Energy(st.cpu_j, st.gpu_j, 0.0),
+                carbon,
+            )
         )
     sink.log_metrics(metrics, timestamp_ms=end_ms)
     last_step = -1
@@ -108,17 +91,11 @@ def write(
             continue
         last_step = step
         sink.log_metrics(
-            {"power_w": cpu_w + gpu_w, "power_cpu_w": cpu_w, "power_gpu_w": gpu_w},
+            keys.power_metrics(cpu_w + gpu_w, cpu_w, gpu_w, None),
             step=step,
             timestamp_ms=int((run.start_epoch_s + elapsed) * 1000),
         )
-    sink.log_params(
-        {
-            "wattsup.pue": f"{p:g}",
-            "wattsup.carbon_intensity_g_per_kwh": f"{intensity:.6g}",
-            "wattsup.region": run.region or "none",
-        }
-    )
+    sink.log_params(keys.carbon_params(carbon))
     sink.set_tags(tags)
     sink.terminate("FINISHED", end_ms)
     sink.close()

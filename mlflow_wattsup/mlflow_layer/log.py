@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from mlflow_wattsup.mlflow_layer.recording import resolve_run
-from mlflow_wattsup.mlflow_layer.sink import MlflowSink
+from mlflow_wattsup.mlflow_layer import keys
+from mlflow_wattsup.mlflow_layer.sink.writer import MlflowSink
 
 
 @contextlib.contextmanager
@@ -19,47 +19,12 @@ def target_run(
 ) -> Iterator[MlflowSink]:
     """A sink for: ``run_id``; else the active fluent run; else ``$MLFLOW_RUN_ID``; else a new
     run in ``experiment`` (ended FINISHED, or FAILED if the block raises)."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
+    from mlflow_wattsup.mlflow_layer.lifecycle import TrackedRun
 
-    client = MlflowClient(tracking_uri)
-    if run_id is None and mlflow.active_run() is not None:
-        run_id = mlflow.active_run().info.run_id
-    run_id, created, create = resolve_run(client, run_id, experiment, run_name)
-    sink = MlflowSink(run_id, client, create=create, flush_interval_s=0)
-    status = "FAILED"
-    try:
-        yield sink
-        status = "FINISHED"
-    finally:
-        if created:
-            sink.terminate(status)
-        sink.close()
-
-
-def model_cost_metrics(cost, samples_seen: int | None = None) -> dict[str, float]:
-    out = {
-        "params": cost.params,
-        "params_trainable": cost.params_trainable,
-        "macs": cost.macs,
-        "flops": cost.flops,
-    }
-    for backend, macs in cost.checks.items():
-        out[f"macs_check/{backend}"] = macs
-    if samples_seen is not None:
-        out["train_flops_estimate"] = cost.train_flops_estimate(samples_seen)
-    return out
-
-
-def model_cost_tags(cost) -> dict[str, str]:
-    shape = ";".join("x".join(map(str, s)) for s in cost.input_shapes)
-    tags = {
-        "wattsup.flops_backend": cost.backend,
-        "wattsup.flops_input_shape": shape if cost.passes == 1 else f"{cost.passes} passes x {shape}",
-    }
-    if cost.errors:
-        tags["wattsup.flops_errors"] = "; ".join(f"{k}: {v}" for k, v in cost.errors.items())
-    return tags
+    with TrackedRun(
+        tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, run_name=run_name, flush_interval_s=0
+    ) as run:
+        yield run.sink
 
 
 def log_model_cost(
@@ -88,29 +53,10 @@ def log_model_cost(
 
 def log_cost(cost, sink: MlflowSink, samples_seen: int | None = None) -> None:
     """Log an already counted :class:`~mlflow_wattsup.analysis.flops.ModelCost` through ``sink``."""
-    sink.log_metrics(model_cost_metrics(cost, samples_seen))
-    sink.set_tags(model_cost_tags(cost))
+    sink.log_metrics(keys.model_cost_metrics(cost, samples_seen))
+    sink.set_tags(keys.model_cost_tags(cost))
     if cost.layers:
         sink.log_text(cost.layers_csv(), "wattsup/model_layers.csv")
-
-
-def dice_metrics(result, prefix: str = "dice") -> dict[str, float]:
-    out = {f"{prefix}/{s.name}": s.dice for s in result.scores}
-    if result.scores:
-        out[f"{prefix}_mean"] = result.mean
-    out[f"{prefix}_labels_n"] = len(result.scores)
-    return out
-
-
-def dice_tags(result, prefix: str = "dice") -> dict[str, str]:
-    tags = {f"wattsup.{prefix}.labels": ",".join(str(v) for v in result.labels)}
-    if result.names_source:
-        tags[f"wattsup.{prefix}.names"] = result.names_source
-    if result.merge:
-        tags[f"wattsup.{prefix}.merge"] = result.merge
-    if result.absent:
-        tags[f"wattsup.{prefix}.absent"] = ",".join(str(v) for v in result.absent)
-    return tags
 
 
 def log_dice(
@@ -125,7 +71,7 @@ def log_dice(
     ``<prefix>_mean`` (unweighted, over the labels listed in ``wattsup.<prefix>.labels``),
     ``<prefix>_labels_n``, and the table ``wattsup/<prefix>.csv`` (volumes included)."""
     with contextlib.nullcontext(sink) if sink is not None else target_run(run_id, experiment, "dice") as s:
-        s.log_metrics(dice_metrics(result, prefix))
-        s.set_tags(dice_tags(result, prefix))
+        s.log_metrics(keys.dice_metrics(result, prefix))
+        s.set_tags(keys.dice_tags(result, prefix))
         s.log_text(result.to_csv(), f"wattsup/{prefix}.csv")
     return result

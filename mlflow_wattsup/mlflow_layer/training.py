@@ -26,9 +26,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from mlflow_wattsup.mlflow_layer.recording import CarbonConfig
+from mlflow_wattsup.analysis.carbon import CarbonConfig
+from mlflow_wattsup.meters.units import kwh
+from mlflow_wattsup.mlflow_layer import keys
 from mlflow_wattsup.mlflow_layer.sink import MlflowSink
-from mlflow_wattsup.tracking.tracker import J_PER_KWH, Tracker
+from mlflow_wattsup.tracking.tracker import Tracker
 
 
 class EpochEnergy:
@@ -57,7 +59,7 @@ class EpochEnergy:
         self._next_epoch = 0
         self.prediction_kwh: float | None = None
         if self.planned is not None:
-            sink.set_tags({"wattsup.prediction": "linear", "wattsup.planned_epochs": str(self.planned)})
+            sink.set_tags(keys.prediction_tags(self.planned))
 
     def _reading(self) -> tuple[float, float]:
         elapsed = self.tracker.sample()
@@ -83,26 +85,15 @@ class EpochEnergy:
         self._last_end = end
         self._start = None
         cumulative = sum(self.epoch_energy_j)
-        metrics = {
-            "epoch_energy_kwh": e_j / J_PER_KWH,
-            "epoch_duration_s": d_s,
-            "epoch_carbon_g": self.carbon.carbon_g(e_j),
-            "energy_cumulative_kwh": end[1] / J_PER_KWH,
-        }
+        metrics = keys.epoch_metrics(e_j, d_s, end[1], self.carbon)
         done = len(self.epoch_energy_j)
         if self.planned is not None and done >= self.warmup:
             left = max(0, self.planned - done)
             mean_j = cumulative / done
             mean_s = sum(self.epoch_duration_s) / done
             total_j = end[1] + mean_j * left
-            self.prediction_kwh = total_j / J_PER_KWH
-            metrics.update(
-                {
-                    "predicted_energy_kwh": self.prediction_kwh,
-                    "predicted_carbon_g": self.carbon.carbon_g(total_j),
-                    "predicted_duration_s": end[0] + mean_s * left,
-                }
-            )
+            self.prediction_kwh = kwh(total_j)
+            metrics.update(keys.prediction_metrics(total_j, end[0] + mean_s * left, self.carbon))
         self.sink.log_metrics(metrics, step=epoch)
         return e_j
 
@@ -120,5 +111,5 @@ class EpochEnergy:
         mark = self._step_mark if self._step_mark is not None else 0.0
         self._step_mark = cum
         self._global_step = self._global_step + 1 if step is None else int(step)
-        self.sink.log_metrics({"step_energy_kwh": (cum - mark) / J_PER_KWH}, step=self._global_step)
+        self.sink.log_metrics(keys.step_metrics(cum - mark), step=self._global_step)
         return cum - mark

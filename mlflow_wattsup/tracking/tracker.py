@@ -39,27 +39,7 @@ from mlflow_wattsup.meters import nvml as nvml_meter
 from mlflow_wattsup.meters.estimator import CpuPowerModel, RamPowerModel, cpu_power_model
 from mlflow_wattsup.meters.proctree import MachineMeter, ProcessTreeMeter
 from mlflow_wattsup.meters.rapl import RaplMeter, RaplUnavailable, open_rapl
-
-J_PER_KWH = 3.6e6
-
-
-@dataclass(frozen=True)
-class Energy:
-    """Energy split by component, joules."""
-
-    cpu_j: float = 0.0
-    gpu_j: float = 0.0
-    ram_j: float = 0.0
-
-    @property
-    def total_j(self) -> float:
-        return self.cpu_j + self.gpu_j + self.ram_j
-
-    def __sub__(self, other: Energy) -> Energy:
-        return Energy(self.cpu_j - other.cpu_j, self.gpu_j - other.gpu_j, self.ram_j - other.ram_j)
-
-    def __add__(self, other: Energy) -> Energy:
-        return Energy(self.cpu_j + other.cpu_j, self.gpu_j + other.gpu_j, self.ram_j + other.ram_j)
+from mlflow_wattsup.meters.units import Energy
 
 
 @dataclass(frozen=True)
@@ -119,7 +99,7 @@ class Totals:
 
     @property
     def energy_kwh(self) -> float:
-        return self.energy.total_j / J_PER_KWH
+        return self.energy.total_kwh
 
     @property
     def power_mean_w(self) -> float:
@@ -483,3 +463,45 @@ class Tracker:
     def wall_start_s(self) -> float:
         """Epoch seconds of the tracker's start (to convert log timestamps to elapsed)."""
         return self._wall0
+
+
+class SampleBuffer:
+    """A tracker callback that keeps samples until a sink is ready, then forwards them (the
+    command starts before the run exists; its first samples are not lost)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._held: list[Sample] = []
+        self._target = None
+
+    def __call__(self, s: Sample) -> None:
+        with self._lock:
+            if self._target is None:
+                self._held.append(s)
+                return
+        self._target(s)
+
+    def forward_to(self, target) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+            self._target = target
+        for s in held:
+            target(s)
+
+
+def make_tracker(
+    *,
+    tree=None,
+    interval_s: float = 1.0,
+    cpu_tdp_w: float | None = None,
+    cpu_w_per_thread: float | None = None,
+    powercap_root: str | None = None,
+    nvml: Any = None,
+) -> Tracker:
+    return Tracker(
+        tree,
+        interval_s=interval_s,
+        powercap_root=powercap_root,
+        nvml=nvml,
+        cpu_model=cpu_power_model(cpu_w_per_thread=cpu_w_per_thread, cpu_tdp_w=cpu_tdp_w),
+    )

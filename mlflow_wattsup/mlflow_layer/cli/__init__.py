@@ -36,21 +36,31 @@ def build_parser() -> Parser:
     return parser
 
 
-_USER_ENV: dict[str, str] | None = None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    common.USER_ENV = dict(os.environ)
+    common.USER_ENV = dict(os.environ)  # what the commands we run get
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # we never phone home, nor does MLflow for us
-    # A down tracking server must cost seconds, not MLflow's default 7 retries over ~4 minutes:
-    # our sink spools and retries on its own. (Commands we run get the user's environment.)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    replaying = None
+    if args.command != "flush":  # values an earlier job could not deliver: replayed while we work
+        from mlflow_wattsup.mlflow_layer.sink.spool import replay_leftovers_in_background
+
+        replaying = replay_leftovers_in_background()
+    try:
+        return _run(args)
+    finally:
+        if replaying is not None:
+            replaying(LEFTOVER_WAIT_S)
+
+
+#: how long a command waits at its end for the replay of earlier jobs' spool files
+LEFTOVER_WAIT_S = 30.0
+
+
+def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:

@@ -37,7 +37,8 @@ def main(args) -> int:
     from mlflow_wattsup.analysis.importers.codecarbon import CodeCarbonError, read_csv
     from mlflow_wattsup.analysis.importers.eit import EIT_DEFAULT_PUE, EitError, read_folder
     from mlflow_wattsup.mlflow_layer.importing import write
-    from mlflow_wattsup.mlflow_layer.recording import ensure_experiment
+    from mlflow_wattsup.mlflow_layer.lifecycle import ensure_experiment
+    from mlflow_wattsup.mlflow_layer.sink.transport import Store
 
     pue = None
     if args.pue is not None:
@@ -48,7 +49,7 @@ def main(args) -> int:
     elif args.tool == "eit":
         pue = EIT_DEFAULT_PUE
     client = MlflowClient(args.tracking_uri)
-    exp_id = ensure_experiment(client, args.experiment or f"{args.tool}-import")
+    exp_id = ensure_experiment(Store(client), args.experiment or f"{args.tool}-import")
     failed = 0
     for path in args.paths:
         try:

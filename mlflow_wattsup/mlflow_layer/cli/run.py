@@ -106,22 +106,12 @@ def main(args) -> int:
     if args.warmup_epochs < 1:
         raise UsageError(f"--warmup-epochs must be >= 1, got {args.warmup_epochs}")
 
-    from mlflow.tracking import MlflowClient
-
-    from mlflow_wattsup.analysis.carbon import CarbonConfigError
+    from mlflow_wattsup.analysis.carbon import CarbonConfig, CarbonConfigError
     from mlflow_wattsup.meters.estimator import EstimatorConfigError
     from mlflow_wattsup.meters.proctree import ProcessTreeMeter
-    from mlflow_wattsup.mlflow_layer.recording import (
-        RUN_ENV,
-        CarbonConfig,
-        Recording,
-        make_tracker,
-        resolve_run,
-        summary_text,
-    )
-    from mlflow_wattsup.mlflow_layer.sink import MlflowSink
-    from mlflow_wattsup.mlflow_layer.training import EpochEnergy
+    from mlflow_wattsup.mlflow_layer.keys import OVERHEAD_CPU_S, RUN_ENV
     from mlflow_wattsup.tracking.runner import SpawnError, execute, run_status
+    from mlflow_wattsup.tracking.tracker import make_tracker
 
     try:
         carbon = CarbonConfig.resolve(args.carbon_intensity, args.region, args.pue)
@@ -134,66 +124,125 @@ def main(args) -> int:
         )
     except (CarbonConfigError, EstimatorConfigError) as exc:
         raise UsageError(str(exc)) from None
-
-    client = MlflowClient(args.tracking_uri)
-    uri = client.tracking_uri
-    try:
-        run_id, created, create = resolve_run(
-            client,
-            args.run_id,
-            args.experiment,
-            args.run_name or os.path.basename(cmd[0]),
-            {"wattsup.command": _shell_join(cmd)},
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if not created:
-        tags.setdefault("wattsup.command", _shell_join(cmd))
-
     quiet = args.quiet
-    notes = list(tracker.notes)
-    if carbon.intensity.warning:
-        notes.append(carbon.intensity.warning)
-    if not quiet:
-        for n in notes:
-            print(f"wattsup: {n}", file=sys.stderr)
     status_line = _Status(carbon, tracker.sources.cpu == "estimate", quiet)
     tracker.add_callback(status_line)
-    sink = MlflowSink(run_id, client, create=create)
-    rec = Recording(sink, tracker, carbon, tags)
+    setup = _RunSetup(args, cmd, tags, carbon, tracker)
 
     env = dict(common.USER_ENV or os.environ)
-    env["MLFLOW_TRACKING_URI"] = uri
-    if run_id:  # the command's own MLflow logging joins our run (unknown yet if the store is down)
-        env.update({"MLFLOW_RUN_ID": run_id, RUN_ENV: run_id})
+    known = args.run_id or os.environ.get("MLFLOW_RUN_ID")
+    if known and epoch_re is None:
+        # The run exists already (inside `mlflow run`, or --run-id): start the command at once and
+        # get MLflow ready while it runs (importing MLflow alone takes seconds).
+        env.update({"MLFLOW_RUN_ID": known, RUN_ENV: known})
+        if args.tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = args.tracking_uri
+        setup.start_in_background()
+    else:
+        # A new run: create it first, so the command's own MLflow logging can join it (and
+        # epochs need the run from their first line on).
+        setup.run_now()
+        env["MLFLOW_TRACKING_URI"] = setup.run.uri
+        if setup.run.run_id:  # unknown yet if the store is down
+            env.update({"MLFLOW_RUN_ID": setup.run.run_id, RUN_ENV: setup.run.run_id})
     on_line = None
     if epoch_re is not None:
-        on_line = _epoch_watcher(
-            epoch_re, EpochEnergy(tracker, sink, carbon, args.planned_epochs, args.warmup_epochs)
-        )
-    rec.start()
+        from mlflow_wattsup.mlflow_layer.training import EpochEnergy
+
+        epochs = EpochEnergy(tracker, setup.run.sink, carbon, args.planned_epochs, args.warmup_epochs)
+        on_line = _epoch_watcher(epoch_re, epochs)
+    spawned = True
     try:
         exit_code, signalled = execute(cmd, tracker, env, on_line=on_line)
+        status = run_status(exit_code, signalled)
     except SpawnError as exc:
-        rec.finish({"wattsup.exit_code": str(exc.exit_code), "wattsup.status": "FAILED"})
-        if created:
-            sink.terminate("FAILED")
-        sink.close()
-        status_line.clear()
+        spawned, exit_code, status = False, exc.exit_code, "FAILED"
         print(f"wattsup run: error: {exc.message}", file=sys.stderr)
-        return exc.exit_code
     status_line.clear()
-    status = run_status(exit_code, signalled)
-    totals = rec.finish({"wattsup.exit_code": str(exit_code), "wattsup.status": status})
-    if created:
-        sink.terminate(status)
-    sink.close()
-    if not quiet:
-        print(
-            summary_text(sink.run_id or "(not created yet: spooled)", uri, totals, carbon, exit_code, status),
-            file=sys.stderr,
-        )
+    run = setup.wait()
+    run.finish(status, exit_code, before_close=lambda: run.sink.log_metrics({OVERHEAD_CPU_S: _own_cpu_s()}))
+    if not quiet and spawned:
+        print(run.summary(carbon, exit_code, status), file=sys.stderr)
     return exit_code
+
+
+class _RunSetup:
+    """Resolve or create the run and attach the (already started) tracker to it: before the
+    command starts (:meth:`run_now`) or while it runs (:meth:`start_in_background`)."""
+
+    def __init__(self, args, cmd, tags, carbon, tracker):
+        from mlflow_wattsup.tracking.tracker import SampleBuffer
+
+        self.args, self.cmd, self.tags, self.carbon, self.tracker = args, cmd, tags, carbon, tracker
+        self.buffer = SampleBuffer()
+        self.run = None
+        self._thread = None
+        self._error: BaseException | None = None
+
+    def _open(self):
+        from mlflow_wattsup.mlflow_layer.lifecycle import TrackedRun
+
+        a = self.args
+        kw = dict(
+            tracking_uri=a.tracking_uri,
+            experiment=a.experiment,
+            run_name=a.run_name or os.path.basename(self.cmd[0]),
+        )
+        try:
+            return TrackedRun(run_id=a.run_id, **kw)
+        except ValueError as exc:
+            if self._thread is None:
+                raise UsageError(str(exc)) from None
+            # the command already runs: never lose its measurement over a wrong run id
+            print(f"wattsup run: error: {exc}; logging to a new run instead", file=sys.stderr)
+            return TrackedRun(join_active=False, **{**kw, "run_id": None})
+
+    def _attach(self) -> None:
+        from mlflow_wattsup.mlflow_layer.keys import COMMAND
+        from mlflow_wattsup.mlflow_layer.lifecycle import command_tag, say
+
+        self.run = self._open()
+        if not self.args.quiet:
+            say([*self.tracker.notes, self.carbon.intensity.warning])
+        self.run.record(
+            self.tracker, self.carbon, {COMMAND: command_tag(self.cmd), **self.tags}, buffer=self.buffer
+        )
+
+    def run_now(self) -> None:
+        self.tracker.add_callback(self.buffer)
+        self.tracker.start()
+        self._attach()
+
+    def start_in_background(self) -> None:
+        import threading
+
+        self.tracker.add_callback(self.buffer)
+        self.tracker.start()
+
+        def work():
+            try:
+                self._attach()
+            except BaseException as exc:  # reported when the command ends
+                self._error = exc
+
+        self._thread = threading.Thread(target=work, name="wattsup-setup", daemon=True)
+        self._thread.start()
+
+    def wait(self):
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.run
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this wattsup process itself (start-up, MLflow, sampling, writing), children
+    excluded: what measuring cost on top of the command."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _epoch_watcher(pattern, epochs):
@@ -207,9 +256,3 @@ def _epoch_watcher(pattern, epochs):
             epochs.end_epoch(int(group) if group and group.isdigit() else None)
 
     return handle
-
-
-def _shell_join(cmd: list[str]) -> str:
-    import shlex
-
-    return shlex.join(cmd)

@@ -21,7 +21,7 @@ def add_carbon_args(p: argparse.ArgumentParser) -> None:
 
 def carbon_from(args):
     """Validated carbon settings; raises the carbon module's one-line errors."""
-    from mlflow_wattsup.mlflow_layer.recording import CarbonConfig
+    from mlflow_wattsup.analysis.carbon import CarbonConfig
 
     intensity = (
         None if is_none(args.carbon_intensity) else float_param("carbon_intensity", args.carbon_intensity)
@@ -35,30 +35,25 @@ class CommandPipeline:
     new run in ``experiment`` when started directly."""
 
     def __init__(self, name: str, carbon, tags: dict[str, str], experiment: str | None = None):
-        from mlflow.tracking import MlflowClient
-
         from mlflow_wattsup.meters.proctree import ProcessTreeMeter
-        from mlflow_wattsup.mlflow_layer.recording import Recording, make_tracker, resolve_run
-        from mlflow_wattsup.mlflow_layer.sink import MlflowSink
+        from mlflow_wattsup.mlflow_layer.lifecycle import TrackedRun, say
+        from mlflow_wattsup.tracking.tracker import make_tracker
 
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # see cli.main: fail fast, we spool
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-        self.client = MlflowClient()
-        run_id, self.created, create = resolve_run(self.client, None, experiment, name)
+        self.run = TrackedRun(experiment=experiment, run_name=name)
+        self.client = self.run.client
+        self.sink = self.run.sink
         self.carbon = carbon
+        self.tags = dict(tags)
         self.tracker = make_tracker(tree=ProcessTreeMeter(children_of=os.getpid()))
-        self.sink = MlflowSink(run_id, self.client, create=create)
-        self.rec = Recording(self.sink, self.tracker, carbon, dict(tags))
-        for note in [*self.tracker.notes, carbon.intensity.warning]:
-            if note:
-                print(f"wattsup: {note}", file=sys.stderr)
+        say([*self.tracker.notes, carbon.intensity.warning])
 
     def execute(self, cmd: Sequence[str], env: dict[str, str] | None = None, **watch) -> tuple[int, bool]:
         """Run ``cmd`` measured; returns (exit code, signalled). 127/126 if it cannot start."""
+        from mlflow_wattsup.mlflow_layer.keys import COMMAND
+        from mlflow_wattsup.mlflow_layer.lifecycle import command_tag
         from mlflow_wattsup.tracking.runner import SpawnError, execute
 
-        self.rec.start()
-        self.sink.set_tags({"wattsup.command": " ".join(cmd)})
+        self.run.record(self.tracker, self.carbon, {**self.tags, COMMAND: command_tag(cmd)})
         try:
             return execute(cmd, self.tracker, env, **watch)
         except SpawnError as exc:
@@ -76,25 +71,11 @@ class CommandPipeline:
         """Log totals and stages, close the sink, end the run if we created it; returns the
         exit code to leave with: the pipeline's, or 2 when it succeeded but ``problem`` (e.g. no
         Dice: the reference did not fit) is reported, after everything measured is logged."""
-        from mlflow_wattsup.mlflow_layer.recording import summary_text
         from mlflow_wattsup.tracking.runner import run_status
 
         status = run_status(exit_code, signalled)
-        totals = self.rec.finish({"wattsup.exit_code": str(exit_code), "wattsup.status": status})
-        if self.created:
-            self.sink.terminate(status)
-        self.sink.close()
-        print(
-            summary_text(
-                self.sink.run_id or "(not created yet: spooled)",
-                self.client.tracking_uri,
-                totals,
-                self.carbon,
-                exit_code,
-                status,
-            ),
-            file=sys.stderr,
-        )
+        self.run.finish(status, exit_code)
+        print(self.run.summary(self.carbon, exit_code, status), file=sys.stderr)
         if problem:
             print(f"{prog}: error: {problem}", file=sys.stderr)
             return exit_code or 2

@@ -1,0 +1,241 @@
+"""Layer 4: every metric, param and tag name we log, and the builders that map our values to them.
+
+This module is the code side of the public contract in ``docs/metrics.md`` (users filter on these
+keys in ``mlflow.search_runs``; reports group on them). Other modules never spell a key: they call
+a builder here or use a constant. Units are in the names: ``_s`` seconds, ``_kwh`` kWh, ``_w``
+watts, ``_g`` grams CO2eq.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from mlflow_wattsup.analysis.carbon import CarbonConfig
+from mlflow_wattsup.meters.units import Energy, kwh
+
+PREFIX = "wattsup."
+#: set in the environment of a command run by ``wattsup run``: the run it is logged to
+RUN_ENV = "WATTSUP_RUN_ID"
+
+# -- tags ---------------------------------------------------------------------------------------
+VERSION = "wattsup.version"
+COMMAND = "wattsup.command"
+STATUS = "wattsup.status"
+EXIT_CODE = "wattsup.exit_code"
+PIPELINE = "wattsup.pipeline"
+DEVICE = "wattsup.device"
+SUBJECT = "wattsup.subject"
+DATASET = "wattsup.dataset"
+WARNING_PREFIX = "wattsup.warning."
+SOURCE_PREFIX = "wattsup.source."
+GPU_ATTRIBUTION = "wattsup.gpu_attribution"
+PREDICTION = "wattsup.prediction"
+PLANNED_EPOCHS = "wattsup.planned_epochs"
+IMPORT_KEY = "wattsup.import.key"
+IMPORT_SOURCE = "wattsup.import.source"
+IMPORT_NOTES = "wattsup.import.notes"
+FLOPS_BACKEND = "wattsup.flops_backend"
+FLOPS_INPUT_SHAPE = "wattsup.flops_input_shape"
+FLOPS_ERRORS = "wattsup.flops_errors"
+ESTIMATE_PREFIX = "wattsup.estimate."
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # marks a training experiment in the MLflow 3 UI
+
+# -- params ---------------------------------------------------------------------------------------
+PUE = "wattsup.pue"
+CARBON_INTENSITY = "wattsup.carbon_intensity_g_per_kwh"
+REGION = "wattsup.region"
+INTERVAL_S = "wattsup.interval_s"
+
+# -- metrics --------------------------------------------------------------------------------------
+DURATION_S = "duration_s"
+ENERGY_KWH = "energy_kwh"
+CARBON_G = "carbon_g"
+POWER_MEAN_W = "power_mean_w"
+CPU_TIME_S = "cpu_time_s"
+TRACKER_CPU_S = "tracker_cpu_s"
+OVERHEAD_CPU_S = "overhead_cpu_s"
+POWER_SERIES = ("power_w", "power_cpu_w", "power_gpu_w", "power_ram_w")
+
+
+def warning_tag(name: str) -> str:
+    return WARNING_PREFIX + name
+
+
+def energy_metrics(e: Energy, prefix: str = "energy") -> dict[str, float]:
+    """``<prefix>_kwh`` and its CPU, GPU and RAM parts."""
+    return {
+        f"{prefix}_kwh": kwh(e.total_j),
+        f"{prefix}_cpu_kwh": kwh(e.cpu_j),
+        f"{prefix}_gpu_kwh": kwh(e.gpu_j),
+        f"{prefix}_ram_kwh": kwh(e.ram_j),
+    }
+
+
+def run_metrics(
+    duration_s: float,
+    energy: Energy,
+    carbon: CarbonConfig,
+    *,
+    machine_energy: Energy | None = None,
+    cpu_time_s: float | None = None,
+) -> dict[str, float]:
+    """The run-level metrics of ``docs/metrics.md``: duration, energy (+ machine), carbon, mean
+    power, CPU time (None: not known, e.g. an import)."""
+    out = {DURATION_S: duration_s, **energy_metrics(energy)}
+    if machine_energy is not None:
+        out.update(energy_metrics(machine_energy, "machine_energy"))
+    out[CARBON_G] = carbon.carbon_g(energy.total_j)
+    out[POWER_MEAN_W] = energy.total_j / duration_s if duration_s > 0 else 0.0
+    if cpu_time_s is not None:
+        out[CPU_TIME_S] = cpu_time_s
+    return out
+
+
+def stage_metrics(
+    name: str,
+    start_s: float,
+    end_s: float,
+    duration_s: float,
+    energy: Energy,
+    carbon: CarbonConfig,
+    cpu_time_s: float | None = None,
+) -> dict[str, float]:
+    """``stage/<name>/...`` of one stage (``name`` already made a valid key, see ``stage_key``)."""
+    p = f"stage/{name}/"
+    out = {
+        p + "start_s": start_s,
+        p + "end_s": end_s,
+        p + "duration_s": duration_s,
+        **{p + k: v for k, v in energy_metrics(energy).items()},
+        p + "carbon_g": carbon.carbon_g(energy.total_j),
+    }
+    if cpu_time_s is not None:
+        out[p + "cpu_time_s"] = cpu_time_s
+    return out
+
+
+def power_metrics(power_w: float, cpu_w: float, gpu_w: float, ram_w: float | None) -> dict[str, float]:
+    """One point of the power time series (watts); ``ram_w`` None where it is not known."""
+    out = dict(zip(POWER_SERIES, (power_w, cpu_w, gpu_w), strict=False))
+    if ram_w is not None:
+        out[POWER_SERIES[3]] = ram_w
+    return out
+
+
+def epoch_metrics(energy_j: float, duration_s: float, cumulative_j: float, carbon: CarbonConfig) -> dict:
+    return {
+        "epoch_energy_kwh": kwh(energy_j),
+        "epoch_duration_s": duration_s,
+        "epoch_carbon_g": carbon.carbon_g(energy_j),
+        "energy_cumulative_kwh": kwh(cumulative_j),
+    }
+
+
+def prediction_metrics(total_j: float, duration_s: float, carbon: CarbonConfig) -> dict[str, float]:
+    return {
+        "predicted_energy_kwh": kwh(total_j),
+        "predicted_carbon_g": carbon.carbon_g(total_j),
+        "predicted_duration_s": duration_s,
+    }
+
+
+def step_metrics(energy_j: float) -> dict[str, float]:
+    return {"step_energy_kwh": kwh(energy_j)}
+
+
+def prediction_tags(planned_epochs: int) -> dict[str, str]:
+    return {PREDICTION: "linear", PLANNED_EPOCHS: str(planned_epochs)}
+
+
+def carbon_params(carbon: CarbonConfig) -> dict[str, str]:
+    return {
+        PUE: f"{carbon.pue:g}",
+        CARBON_INTENSITY: f"{carbon.intensity.g_per_kwh:.6g}",
+        REGION: carbon.intensity.region or "none",
+    }
+
+
+def carbon_tags(intensity_source: str, pue_source: str) -> dict[str, str]:
+    return {SOURCE_PREFIX + "carbon_intensity": intensity_source, SOURCE_PREFIX + "pue": pue_source}
+
+
+def source_tags(cpu: str, gpu: str, ram: str, gpu_attribution: str | None = None) -> dict[str, str]:
+    """``wattsup.source.{cpu,gpu,ram}``: how each part of the energy was obtained."""
+    tags = {SOURCE_PREFIX + "cpu": cpu, SOURCE_PREFIX + "gpu": gpu, SOURCE_PREFIX + "ram": ram}
+    if gpu != "none" and gpu_attribution:
+        tags[GPU_ATTRIBUTION] = gpu_attribution
+    return tags
+
+
+def estimate_params(*models: Any) -> dict[str, str]:
+    """``wattsup.estimate.*``: the estimator's parameters (each model's ``params()``), so a reader
+    can recompute an estimate."""
+    return {ESTIMATE_PREFIX + k: v for m in models for k, v in m.params().items()}
+
+
+def warning_tags(warnings: Mapping[str, str]) -> dict[str, str]:
+    return {warning_tag(k): v for k, v in warnings.items()}
+
+
+def model_cost_metrics(cost: Any, samples_seen: int | None = None) -> dict[str, float]:
+    """``params``, ``params_trainable``, ``macs``, ``flops`` and the cross-checks of a ModelCost."""
+    out = {
+        "params": cost.params,
+        "params_trainable": cost.params_trainable,
+        "macs": cost.macs,
+        "flops": cost.flops,
+    }
+    for backend, macs in cost.checks.items():
+        out[f"macs_check/{backend}"] = macs
+    if samples_seen is not None:
+        out["train_flops_estimate"] = cost.train_flops_estimate(samples_seen)
+    return out
+
+
+def model_cost_tags(cost: Any) -> dict[str, str]:
+    shape = ";".join("x".join(map(str, s)) for s in cost.input_shapes)
+    tags = {
+        FLOPS_BACKEND: cost.backend,
+        FLOPS_INPUT_SHAPE: shape if cost.passes == 1 else f"{cost.passes} passes x {shape}",
+    }
+    if cost.errors:
+        tags[FLOPS_ERRORS] = "; ".join(f"{k}: {v}" for k, v in cost.errors.items())
+    return tags
+
+
+def dice_metrics(result: Any, prefix: str = "dice") -> dict[str, float]:
+    """``<prefix>/<label name>``, ``<prefix>_mean``, ``<prefix>_labels_n`` of a DiceResult."""
+    out = {f"{prefix}/{s.name}": s.dice for s in result.scores}
+    if result.scores:
+        out[f"{prefix}_mean"] = result.mean
+    out[f"{prefix}_labels_n"] = len(result.scores)
+    return out
+
+
+def dice_tags(result: Any, prefix: str = "dice") -> dict[str, str]:
+    tags = {f"{PREFIX}{prefix}.labels": ",".join(str(v) for v in result.labels)}
+    if result.names_source:
+        tags[f"{PREFIX}{prefix}.names"] = result.names_source
+    if result.merge:
+        tags[f"{PREFIX}{prefix}.merge"] = result.merge
+    if result.absent:
+        tags[f"{PREFIX}{prefix}.absent"] = ",".join(str(v) for v in result.absent)
+    return tags
+
+
+def import_tags(key: str, source: str, notes: Iterable[str] = ()) -> dict[str, str]:
+    tags = {IMPORT_KEY: key, IMPORT_SOURCE: source}
+    notes = list(notes)
+    if notes:
+        tags[IMPORT_NOTES] = "; ".join(notes)
+    return tags
+
+
+def end_tags(status: str, exit_code: int | None = None) -> dict[str, str]:
+    """The run's end: ``wattsup.status`` (FINISHED, FAILED, KILLED) and the command's exit code."""
+    tags = {STATUS: status}
+    if exit_code is not None:
+        tags[EXIT_CODE] = str(exit_code)
+    return tags

@@ -1,0 +1,24 @@
+"""Layer 4: everything we write to MLflow goes through here.
+
+- :mod:`.transport` - the tracking-store calls (fail fast; the only place runs and experiments
+  are created)
+- :mod:`.writer` - :class:`MlflowSink`, the queue and writer thread of one run
+- :mod:`.spool` - spool files and their replay (importing it does not import MLflow)
+"""
+
+import importlib
+
+_EXPORTS = {
+    "MlflowSink": "writer",
+    "Store": "transport",
+    "unreachable": "transport",
+    "replay_spools": "spool",
+    "spool_dir": "spool",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):  # lazy, so that `sink.spool` stays cheap to import
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
