@@ -8,7 +8,8 @@ from typing import Any
 
 from mlflow_wattsup.analysis.carbon import CarbonConfig
 from mlflow_wattsup.mlflow_layer import keys
-from mlflow_wattsup.mlflow_layer.lifecycle import TrackedRun, say
+from mlflow_wattsup.mlflow_layer.lifecycle import TrackedRun
+from mlflow_wattsup.mlflow_layer.notices import say
 from mlflow_wattsup.mlflow_layer.recording import Recording
 from mlflow_wattsup.tracking.tracker import StageResult, Totals, Tracker, make_tracker
 

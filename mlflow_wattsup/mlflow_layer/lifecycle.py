@@ -11,7 +11,6 @@ it, and at the end logs the totals, ends the run *only if we created it*, and cl
 from __future__ import annotations
 
 import getpass
-import logging
 import os
 import shlex
 import sys
@@ -26,9 +25,6 @@ from mlflow_wattsup.mlflow_layer.sink.writer import MlflowSink
 from mlflow_wattsup.tracking.tracker import SampleBuffer, Totals, Tracker
 
 DEFAULT_EXPERIMENT = "Default"
-
-log = logging.getLogger("mlflow_wattsup")
-_said: set[str] = set()
 
 
 def command_tag(cmd: Sequence[str]) -> str:
@@ -78,19 +74,6 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:
         return "unknown"
-
-
-def say(notes: Sequence[str | None], echo: Any = sys.stderr, once: bool = False) -> None:
-    """Print start-of-run notes as ``wattsup: <note>`` (``echo=None``: as warnings of the
-    ``mlflow_wattsup`` logger); ``once``: each note once per process (decorated functions)."""
-    for note in notes:
-        if not note or (once and note in _said):
-            continue
-        _said.add(note)
-        if echo is None:
-            log.warning(note)
-        else:
-            print(f"wattsup: {note}", file=echo)
 
 
 class TrackedRun:

@@ -125,6 +125,10 @@ def main(args) -> int:
     except (CarbonConfigError, EstimatorConfigError) as exc:
         raise UsageError(str(exc)) from None
     quiet = args.quiet
+    if not quiet:
+        from mlflow_wattsup.mlflow_layer.notices import say
+
+        say([*tracker.notes, carbon.intensity.warning])
     status_line = _Status(carbon, tracker.sources.cpu == "estimate", quiet)
     tracker.add_callback(status_line)
     setup = _RunSetup(args, cmd, tags, carbon, tracker)
@@ -171,10 +175,8 @@ class _RunSetup:
     command starts (:meth:`run_now`) or while it runs (:meth:`start_in_background`)."""
 
     def __init__(self, args, cmd, tags, carbon, tracker):
-        from mlflow_wattsup.tracking.tracker import SampleBuffer
-
         self.args, self.cmd, self.tags, self.carbon, self.tracker = args, cmd, tags, carbon, tracker
-        self.buffer = SampleBuffer()
+        self.buffer = None
         self.run = None
         self._thread = None
         self._error: BaseException | None = None
@@ -214,14 +216,19 @@ class _RunSetup:
         self._attach()
 
     def start_in_background(self) -> None:
+        """Start the tracker now (the command starts next) and attach it to the run in a thread;
+        samples taken meanwhile are held and logged once the run is ready."""
         import threading
 
+        from mlflow_wattsup.tracking.tracker import SampleBuffer
+
+        self.buffer = SampleBuffer()
         self.tracker.add_callback(self.buffer)
         self.tracker.start()
 
         def work():
             try:
-                self._attach()
+                self._attach(self.buffer)
             except BaseException as exc:  # reported when the command ends
                 self._error = exc
 

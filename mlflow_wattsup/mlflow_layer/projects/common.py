@@ -36,7 +36,8 @@ class CommandPipeline:
 
     def __init__(self, name: str, carbon, tags: dict[str, str], experiment: str | None = None):
         from mlflow_wattsup.meters.proctree import ProcessTreeMeter
-        from mlflow_wattsup.mlflow_layer.lifecycle import TrackedRun, say
+        from mlflow_wattsup.mlflow_layer.lifecycle import TrackedRun
+        from mlflow_wattsup.mlflow_layer.notices import say
         from mlflow_wattsup.tracking.tracker import make_tracker
 
         self.run = TrackedRun(experiment=experiment, run_name=name)
