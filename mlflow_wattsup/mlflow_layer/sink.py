@@ -376,10 +376,6 @@ class MlflowSink:
         with self._lock:
             return len(self._queue)
 
-    @property
-    def offline(self) -> bool:
-        return self._failures > 0
-
     # -- writing ------------------------------------------------------------------------------
 
     def _loop(self) -> None:

@@ -478,8 +478,3 @@ class Tracker:
     def stages(self) -> list[StageResult]:
         with self._lock:
             return list(self._stages.values())
-
-    @property
-    def wall_start_s(self) -> float:
-        """Epoch seconds of the tracker's start (to convert log timestamps to elapsed)."""
-        return self._wall0
