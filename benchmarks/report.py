@@ -111,7 +111,8 @@ def main() -> int:
     print(text)
     base, ours = timings["search_runs paging (baseline)"], timings["wattsup report (default)"]
     print(
-        f"{args.runs} runs: wattsup report {ours:.2f} s; search_runs paging {base:.2f} s; ratio {ours / base:.3f}"
+        f"{args.runs} runs: wattsup report {ours:.2f} s; search_runs paging {base:.2f} s; "
+        f"ratio {ours / base:.3f}"
     )
     ok = ours < 10.0
     print(f"target < 10 s: {'PASS' if ok else 'MISS'}")

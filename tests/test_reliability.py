@@ -29,6 +29,7 @@ def _runs(uri, experiment):
     return c.search_runs([exp.experiment_id]) if exp else []
 
 
+@pytest.mark.slow  # the scenario is timed: 3 s of samples queued, a 30 s outage, 3 s back
 def test_outage_spools_and_replays_every_sample_exactly_once(tmp_path, experiment):
     srv = MlflowServer(tmp_path / "srv")
     srv.start()

@@ -1,8 +1,11 @@
 import statistics
+import subprocess
+import sys
 
 import pytest
 from helpers import wattsup
 
+from mlflow_wattsup.analysis.carbon import carbon_g
 from mlflow_wattsup.mlflow_layer.report import RunRow, build, fetch_runs, report, what_if
 
 
@@ -89,10 +92,37 @@ def test_what_if_carbon_recomputed_from_energy():
     assert rep.cells[g]["carbon"].mean == pytest.approx(12.0 / 1000 * 30 * 1.2)
     assert "recomputed" in rep.header()[6] and any("recomputed" in n for n in rep.footnotes())
     rq = what_if(RUNS, region="CA-QC")
-    assert rq[2].startswith(f"{rq[0]:.4g} g/kWh (CA-QC")
-    assert what_if(RUNS, pue=1.5)[0] == 100.0  # the intensity every run logged
+    assert rq.label.startswith(f"{rq.intensity_g_per_kwh:.4g} g/kWh (CA-QC") and rq.pue == 1.0
+    assert what_if(RUNS, pue=1.5).intensity_g_per_kwh == 100.0  # the intensity every run logged
+    assert what_if(RUNS) is None  # nothing overridden: each run's logged carbon
     with pytest.raises(ValueError):
         what_if(RUNS, carbon_intensity="abc")
+    with pytest.raises(ValueError, match="--pue alone"):
+        what_if([*RUNS, RunRow("r", {}, {}, {"wattsup.carbon_intensity_g_per_kwh": "200"})], pue=1.5)
+
+
+def test_what_if_uses_the_carbon_formula_and_keeps_the_tuple_form():
+    wi = what_if(RUNS, carbon_intensity=30, pue=1.2)
+    assert wi.carbon_g(0.012) == carbon_g(0.012, 30, 1.2)
+    legacy = build(RUNS, what_if=(wi.intensity_g_per_kwh, wi.pue, wi.label))
+    assert legacy == build(RUNS, what_if=wi)  # callers passing (intensity, PUE, label) still work
+    # a run without energy has no recomputed carbon, even if it logged carbon
+    no_energy = RunRow("c", {"carbon_g": 5.0, "duration_s": 1.0}, {"wattsup.pipeline": "p"})
+    rep = build([no_energy], what_if=wi)
+    assert rep.cells[("p", "n/a", "measured")]["carbon"].text() == "N/A"
+    assert build([no_energy]).cells[("p", "n/a", "measured")]["carbon"].text() == "5 (-)"
+
+
+def test_pure_parts_import_neither_mlflow_nor_pandas():
+    code = (
+        "import sys\n"
+        "import mlflow_wattsup.mlflow_layer.report as r\n"
+        "rows = [r.RunRow('a', {'energy_kwh': 0.001}, {'wattsup.pipeline': 'p'})]\n"
+        "r.build(rows, what_if=r.what_if(rows, carbon_intensity=50)).render('html', 'wide')\n"
+        "print(sorted(m for m in ('mlflow', 'pandas', 'matplotlib') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_fetch_fast_path_equals_search_runs(client, experiment, tracking_uri):

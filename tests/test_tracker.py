@@ -1,3 +1,4 @@
+import os
 import time
 
 import pytest
@@ -71,9 +72,9 @@ def test_estimate_is_exact_whatever_the_number_of_samples(tmp_path):
 
 
 def test_estimated_ram_uses_w_per_gb_of_tree_memory(tmp_path):
-    t, tree, machine = make(tmp_path, ram_model=RamPowerModel(0.5))
-    tree.rss_bytes = 2_000_000_000
-    t._prev.tree_rss = tree.rss_bytes  # constant 2 GB from the start
+    tree = FakeTree()
+    tree.rss_bytes = 2_000_000_000  # constant 2 GB from the start
+    t, tree, machine = make(tmp_path, tree=tree, ram_model=RamPowerModel(0.5))
     time.sleep(0.2)
     t.sample()
     tot = t.stop()
@@ -85,20 +86,14 @@ def test_gpu_energy_times_process_share(tmp_path):
     g0 = FakeGpu("A100", "GPU-a", 200.0)
     g1 = FakeGpu("A100", "GPU-b", 100.0)
     fake = FakeNvml([g0, g1])
-    tree = FakeTree(pids=(4242,))
+    ours = os.getpid()  # a PID that exists here, so NVML's PIDs are mappable to our tree
+    tree = FakeTree(pids=(ours,))
     t, _, _ = make(tmp_path, tree=tree, nvml=fake)
-    import mlflow_wattsup.meters.nvml as nv
-
-    nv_pid_exists = nv._pid_exists
-    nv._pid_exists = lambda pid: True
-    try:
-        g0.procs = [(4242, 10), (999, 30)]  # a quarter of GPU 0's memory is ours
-        g1.procs = []  # GPU 1 idle: not ours
-        fake.advance(10.0)
-        t.sample()
-        tot = t.stop()
-    finally:
-        nv._pid_exists = nv_pid_exists
+    g0.procs = [(ours, 10), (999_999_999, 30)]  # a quarter of GPU 0's memory is ours
+    g1.procs = []  # GPU 1 idle: not ours
+    fake.advance(10.0)
+    t.sample()
+    tot = t.stop()
     assert tot.machine_energy.gpu_j == pytest.approx(3000.0)
     assert tot.energy.gpu_j == pytest.approx(2000.0 * 0.25)
     assert tot.sources.gpu == "nvml-energy" and tot.sources.attribution_gpu == "process"
@@ -183,7 +178,10 @@ def test_sampler_thread_emits_strictly_increasing_steps(tmp_path):
         cpu_model=W,
         on_sample=samples.append,
     ).start()
-    time.sleep(2.6)
+    deadline = time.monotonic() + 30
+    while len(samples) < 2:  # two from the sampler thread (at most one a second), then stop's
+        assert time.monotonic() < deadline, f"the sampler thread emitted {len(samples)} samples in 30 s"
+        time.sleep(0.05)
     t.stop()
     steps = [s.step for s in samples]
     assert len(steps) >= 3 and steps == sorted(set(steps))

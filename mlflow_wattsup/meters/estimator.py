@@ -40,8 +40,6 @@ RAM_W_PER_GB = 0.3725
 CPU_W_PER_THREAD_ENV = "WATTSUP_CPU_W_PER_THREAD"
 CPU_TDP_ENV = "WATTSUP_CPU_TDP_W"
 
-SOURCE = "estimate"
-
 
 class EstimatorConfigError(ValueError):
     """A user-supplied estimator parameter is unusable; ``str(exc)`` is one line."""

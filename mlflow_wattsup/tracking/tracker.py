@@ -459,11 +459,6 @@ class Tracker:
         with self._lock:
             return list(self._stages.values())
 
-    @property
-    def wall_start_s(self) -> float:
-        """Epoch seconds of the tracker's start (to convert log timestamps to elapsed)."""
-        return self._wall0
-
 
 class SampleBuffer:
     """A tracker callback that keeps samples until a sink is ready, then forwards them (the

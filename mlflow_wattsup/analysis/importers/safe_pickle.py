@@ -112,4 +112,5 @@ def load(data: bytes | io.BufferedIOBase, what: str = "pickle") -> Any:
     try:
         return _Unpickler(f).load()
     except Exception as exc:  # truncated, corrupt, or refused
-        raise UnsafePickleError(f"{what}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+        detail = " ".join(str(exc).splitlines())  # it may quote the data, line breaks included
+        raise UnsafePickleError(f"{what}: not a readable pickle ({type(exc).__name__}: {detail})") from None

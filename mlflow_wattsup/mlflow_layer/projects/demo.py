@@ -67,9 +67,9 @@ def main(argv=None) -> int:
     if parent:
         exp_id = client.get_run(parent).info.experiment_id
     else:
-        from mlflow_wattsup.mlflow_layer.recording import ensure_experiment
+        from mlflow_wattsup.mlflow_layer.sink.transport import Store
 
-        exp_id = ensure_experiment(client, os.environ.get("MLFLOW_EXPERIMENT_NAME") or "wattsup-demo")
+        exp_id = Store(client).experiment_id(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "wattsup-demo")
     common = {"region": region, "pue": pue, "carbon_intensity": ""}
 
     def step(entry: str, **params) -> str:
