@@ -1,0 +1,228 @@
+"""Layer 4: log a run's volumes and cortical thickness, and their agreement with a reference
+subject directory; compute and render the agreement of two pipelines across a study's subjects.
+
+Per run (:func:`log_agreement`): the run's own values (``volume_mm3/<structure>``,
+``thickness_mm/<region>``, from its subject directory's FreeSurfer-format stats files), and with a
+reference subject directory (the other pipeline's output for the same subject, or a user's) the
+differences run - reference per structure and their means, the tables as CSV artifacts, and tags
+saying which files were compared and what could not be (no surfaces in ``--seg_only``, recon-all
+stopped before the stats...).
+
+Across runs (:func:`study_agreement`): any MLflow runs tagged ``wattsup.subject`` and
+``wattsup.pipeline`` that logged their own values are paired by subject, and per structure N,
+means, mean difference, Pearson r and ICC(2,1) of pipeline a against b are computed
+(:mod:`mlflow_wattsup.analysis.agreement`) and rendered (markdown, HTML, CSV).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from mlflow_wattsup.analysis import fsstats
+from mlflow_wattsup.analysis.agreement import MEASURES, AgreementTable, Comparison, compare, cross_subject
+
+_KEY_OK = re.compile(r"[^A-Za-z0-9_\-.]")
+#: per-structure metric prefixes: the run's own values, and its difference from the reference
+VALUE_PREFIX = {"volume": "volume_mm3", "thickness": "thickness_mm"}
+DIFF_PREFIX = {"volume": "volume_diff_mm3", "thickness": "thickness_diff_mm"}
+SUBJECT_TAG = "wattsup.subject"
+PIPELINE_TAG = "wattsup.pipeline"
+
+
+def key_part(name: str) -> str:
+    """A structure name as one MLflow key segment (other characters than ``A-Za-z0-9_-.`` -> ``_``)."""
+    return _KEY_OK.sub("_", name)
+
+
+def value_metrics(stats: fsstats.SubjectStats) -> dict[str, float]:
+    out = {f"volume_mm3/{key_part(k)}": v for k, v in stats.volumes_mm3.items()}
+    out.update({f"thickness_mm/{key_part(k)}": v for k, v in stats.thickness_mm.items()})
+    return out
+
+
+def value_tags(stats: fsstats.SubjectStats) -> dict[str, str]:
+    return {
+        "wattsup.stats.volume": stats.volume_file or f"n/a: {stats.volume_missing}",
+        "wattsup.stats.thickness": (
+            ", ".join(stats.thickness_files)
+            + (f" (and {stats.thickness_missing})" if stats.thickness_missing else "")
+            if stats.thickness_files
+            else f"n/a: {stats.thickness_missing}"
+        ),
+    }
+
+
+def comparison_metrics(c: Comparison) -> dict[str, float]:
+    unit = MEASURES[c.measure]
+    out = {f"{DIFF_PREFIX[c.measure]}/{key_part(p.name)}": p.diff for p in c.compared}
+    out[f"{c.measure}_compared_n"] = c.n
+    if c.n:
+        out[f"{c.measure}_diff_mean_{unit}"] = c.mean_diff()
+        out[f"{c.measure}_absdiff_mean_{unit}"] = c.mean_absdiff()
+        rel = c.mean_absreldiff()
+        if rel is not None:
+            out[f"{c.measure}_absreldiff_mean"] = rel
+    return out
+
+
+def _unmatched(c: Comparison) -> str:
+    parts = []
+    if c.only_run:
+        parts.append(f"run only: {', '.join(c.only_run)}")
+    if c.only_reference:
+        parts.append(f"reference only: {', '.join(c.only_reference)}")
+    return "; ".join(parts)
+
+
+def _status(
+    files_run: str, files_ref: str, why_run: str | None, why_ref: str | None, c: Comparison | None
+) -> str:
+    if c is None:
+        whys = [f"run: {why_run}" if why_run else "", f"reference: {why_ref}" if why_ref else ""]
+        return "n/a: " + "; ".join(w for w in whys if w)
+    what = "structures" if c.measure == "volume" else "regions"
+    return f"{c.n} {what}: {files_run} vs reference {files_ref}"
+
+
+def agreement_values(
+    subject_dir: str | Path, reference_dir: str | Path | None
+) -> tuple[fsstats.SubjectStats, fsstats.SubjectStats | None, dict[str, Comparison]]:
+    """Read both directories (the same volume stats file name on both sides when both have it)
+    and compare what both have. Raises :class:`~mlflow_wattsup.analysis.fsstats.StatsFormatError`."""
+    if reference_dir is None:
+        return fsstats.read_subject(subject_dir), None, {}
+    ref = fsstats.read_subject(reference_dir)
+    run = fsstats.read_subject(subject_dir, prefer_volume=ref.volume_file)
+    if run.volume_file and ref.volume_file != run.volume_file:
+        # the reference has the run's preferred file too: compare like with like
+        same = fsstats.find_volume_stats(reference_dir, run.volume_file)
+        if same == run.volume_file:
+            ref = fsstats.read_subject(reference_dir, prefer_volume=same)
+    out = {}
+    if run.volumes_mm3 and ref.volumes_mm3:
+        out["volume"] = compare(run.volumes_mm3, ref.volumes_mm3, "volume")
+    if run.thickness_mm and ref.thickness_mm:
+        out["thickness"] = compare(run.thickness_mm, ref.thickness_mm, "thickness")
+    return run, ref, out
+
+
+def log_agreement(sink_or_run_id, subject_dir: str | Path, reference_dir: str | Path | None = None) -> dict:
+    """Log a run's own volumes and thickness from ``subject_dir`` (``volume_mm3/*``,
+    ``thickness_mm/*``) and, with ``reference_dir``, its differences from that subject directory
+    (``volume_diff_mm3/*``, ``thickness_diff_mm/*`` and their means), the tables
+    ``wattsup/agreement_volume.csv`` and ``wattsup/agreement_thickness.csv``, and tags saying what
+    was and was not compared (``wattsup.agree.*``, ``wattsup.stats.*``).
+
+    ``sink_or_run_id``: an :class:`~mlflow_wattsup.mlflow_layer.sink.MlflowSink` (not closed here)
+    or a run id. Never raises for missing or malformed files: the reason goes to the tag
+    ``wattsup.warning.agreement`` and is returned under ``"error"``; returns the metrics logged."""
+    from mlflow_wattsup.mlflow_layer.log import target_run
+
+    ctx = (
+        target_run(run_id=sink_or_run_id)
+        if isinstance(sink_or_run_id, str) or sink_or_run_id is None
+        else contextlib.nullcontext(sink_or_run_id)
+    )
+    with ctx as sink:
+        try:
+            run, ref, comps = agreement_values(subject_dir, reference_dir)
+        except fsstats.StatsFormatError as exc:
+            sink.set_tags({"wattsup.warning.agreement": str(exc)})
+            return {"error": str(exc)}
+        metrics = value_metrics(run)
+        tags = value_tags(run)
+        if ref is not None:
+            tags["wattsup.agree.reference"] = str(Path(reference_dir).resolve())
+            tags["wattsup.agree.volume"] = _status(
+                run.volume_file or "",
+                ref.volume_file or "",
+                run.volume_missing,
+                ref.volume_missing,
+                comps.get("volume"),
+            )
+            tags["wattsup.agree.thickness"] = _status(
+                ", ".join(run.thickness_files),
+                ", ".join(ref.thickness_files),
+                None if run.thickness_mm else run.thickness_missing,
+                None if ref.thickness_mm else ref.thickness_missing,
+                comps.get("thickness"),
+            )
+            for measure, c in comps.items():
+                metrics.update(comparison_metrics(c))
+                unmatched = _unmatched(c)
+                if unmatched:
+                    tags[f"wattsup.agree.{measure}_unmatched"] = unmatched
+        sink.log_metrics(metrics)
+        sink.set_tags(tags)
+        for measure, c in comps.items():
+            sink.log_text(c.to_csv(), f"wattsup/agreement_{measure}.csv")
+        return metrics
+
+
+# -- across a study -------------------------------------------------------------------------------
+
+
+def values_from_runs(runs: Iterable, pipelines: Sequence[str] | None = None) -> tuple[dict, list[str]]:
+    """``values[subject][pipeline][measure] = {structure: value}`` from MLflow runs (``Run``
+    objects) tagged ``wattsup.subject`` and ``wattsup.pipeline``; per (subject, pipeline) the
+    latest run that logged values is used. Also returns notes (runs skipped and why)."""
+    chosen: dict[tuple[str, str], object] = {}
+    notes = []
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        subject, pipeline = tags.get(SUBJECT_TAG), tags.get(PIPELINE_TAG)
+        if not subject or not pipeline or (pipelines and pipeline not in pipelines):
+            continue
+        if not any(k.startswith(("volume_mm3/", "thickness_mm/")) for k in metrics):
+            notes.append(f"run {run.info.run_id} ({pipeline}, {subject}) logged no volumes or thickness")
+            continue
+        prev = chosen.get((subject, pipeline))
+        if prev is not None:
+            notes.append(
+                f"{pipeline}, {subject}: several runs with values, the latest is used"
+                if prev.info.start_time != run.info.start_time
+                else f"{pipeline}, {subject}: several runs"
+            )
+        if prev is None or (run.info.start_time or 0) > (prev.info.start_time or 0):
+            chosen[(subject, pipeline)] = run
+    values: dict = {}
+    for (subject, pipeline), run in chosen.items():
+        per = {m: {} for m in MEASURES}
+        for k, v in run.data.metrics.items():
+            for m, prefix in VALUE_PREFIX.items():
+                if k.startswith(prefix + "/"):
+                    per[m][k[len(prefix) + 1 :]] = v
+        values.setdefault(subject, {})[pipeline] = per
+    return values, sorted(set(notes))
+
+
+def study_agreement(
+    experiment_ids: Sequence[str],
+    pipelines: Sequence[str] = ("fastsurfer", "freesurfer"),
+    client=None,
+    filter_string: str = "",
+) -> AgreementTable:
+    """Agreement of ``pipelines[0]`` with ``pipelines[1]`` across the subjects of the runs in
+    ``experiment_ids`` (finished runs only; ``filter_string`` narrows further, e.g. to a study)."""
+    from mlflow.tracking import MlflowClient
+
+    if len(pipelines) != 2:
+        raise ValueError(f"give two pipelines to compare, got {len(pipelines)}: {', '.join(pipelines)}")
+    client = client or MlflowClient()
+    clauses = ["attributes.status = 'FINISHED'"] + ([filter_string] if filter_string else [])
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            list(experiment_ids), " and ".join(clauses), max_results=1000, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    values, notes = values_from_runs(runs, pipelines)
+    table = cross_subject(values, pipelines[0], pipelines[1])
+    table.extra_notes = notes
+    return table
