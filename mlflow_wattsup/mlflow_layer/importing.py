@@ -76,6 +76,8 @@ def write(
         "carbon_g": carbon_g(total_j / J_PER_KWH, intensity, p),
         "power_mean_w": total_j / run.duration_s if run.duration_s > 0 else 0.0,
     }
+    if run.papi_dp_ops is not None:  # the tracking process's own DP ops, never the pipeline's FLOPs
+        metrics["papi_dp_ops_tracking_process"] = run.papi_dp_ops
     if machine_j > 0:
         metrics.update(
             {
@@ -100,6 +102,8 @@ def write(
                 pfx + "carbon_g": carbon_g(e / J_PER_KWH, intensity, p),
             }
         )
+        if st.dp_ops is not None:
+            metrics[pfx + "papi_dp_ops_tracking_process"] = st.dp_ops
     sink.log_metrics(metrics, timestamp_ms=end_ms)
     last_step = -1
     for elapsed, cpu_w, gpu_w in run.series:
