@@ -4,7 +4,9 @@ Pearson r / ICC(2,1) across subjects, checked against values computed by hand he
 import math
 
 import pytest
+from helpers import wattsup
 from stats_files import ASEG, thickness_base, write_aseg_stats, write_fastsurfer_segstats, write_parc_stats
+from test_contract import documented, undocumented
 
 from mlflow_wattsup.analysis.agreement import (
     MIN_SUBJECTS,
@@ -236,6 +238,32 @@ def test_study_of_five_subjects_differences_r_and_icc_by_hand(tmp_path, client, 
     assert f"| thickness (mm) | ctx-lh-insula | 5 | {sum(x) / 5:.3f} | {sum(y) / 5:.3f} |" in md
     assert f"{row.r:.3f} | {row.icc:.3f} |" in md
 
+    # every key logged is in docs/metrics.md
+    for rid in fast_runs.values():
+        run = client.get_run(rid)
+        logged = set(run.data.metrics) | set(run.data.params) | set(run.data.tags)
+        assert undocumented(logged, documented()) == []
+
+    # the same table from the command line, and the report's block
+    r = wattsup("agree", "--experiment", experiment, "--pipelines", "fastsurfer,freesurfer")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == md
+    r = wattsup(
+        "agree", "--experiment", experiment, "--pipelines", "freesurfer,fastsurfer", "--format", "csv"
+    )
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ",ctx-lh-insula," in ln)
+    assert line.startswith("thickness,mm,ctx-lh-insula,5,") and line.endswith(f",{row.r:.6g},{row.icc:.6g}")
+    from mlflow_wattsup.mlflow_layer.agreement import agreement_block
+
+    assert agreement_block([experiment], fmt="html").startswith(
+        "<h3>Agreement: fastsurfer vs freesurfer</h3>"
+    )
+    assert agreement_block([experiment], ("fastsurfer", "gmm-classical")) == ""
+    r = wattsup("agree", "--experiment", experiment, "--pipelines", "fastsurfer,deepbet")
+    assert r.returncode == 2 and "no subject has finished fastsurfer and deepbet runs" in r.stderr
+    assert "sub-01 (fastsurfer only)" in r.stderr and len(r.stderr.splitlines()) == 1
+
 
 def test_seg_only_run_says_what_it_cannot_compare(tmp_path, client, experiment, tracking_uri):
     from mlflow_wattsup.mlflow_layer.agreement import log_agreement
@@ -269,3 +297,28 @@ def test_seg_only_run_says_what_it_cannot_compare(tmp_path, client, experiment, 
         warn.startswith(f"{bad}:")
         and f"Volume_mm3 is '{hippo.strip().replace('.', ',')}', not a number" in warn
     )
+
+
+def test_cli_one_subject(tmp_path, client, experiment, tracking_uri):
+    dirs = make_study(tmp_path)
+    fa, fs = dirs["sub-02"]
+    exp_id = client.create_experiment(experiment)
+    rid = new_run(client, exp_id, "sub-02", "fastsurfer")
+    r = wattsup("agree", str(fa), str(fs), "--run-id", rid)
+    assert r.returncode == 0, r.stderr
+    assert "thickness: 62 compared, mean diff +0.03 mm" in r.stdout  # 0.05 offset - 0.02 noise
+    assert f"logged to run {rid}" in r.stderr
+    m = client.get_run(rid).data.metrics
+    assert m["thickness_diff_mean_mm"] == pytest.approx(0.03) and m["volume_compared_n"] == len(ASEG) - 1
+    r = wattsup("agree", str(fa), str(fs), "--no-log", "-o", str(tmp_path / "t.csv"))
+    assert r.returncode == 0 and "# wattsup/agreement_thickness.csv" in (tmp_path / "t.csv").read_text()
+    bad = tmp_path / "bad"
+    (bad / "stats").mkdir(parents=True)
+    (bad / "stats" / "aseg.stats").write_text("# ColHeaders StructName Volume_mm3\nLeft-Hippocampus\n")
+    r = wattsup("agree", str(bad), str(fs), "--no-log")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
+    assert f"{bad / 'stats' / 'aseg.stats'}:2: 1 fields, but '# ColHeaders' (line 1) names 2" in r.stderr
+    r = wattsup("agree", str(tmp_path / "empty"), "--no-log")
+    assert r.returncode == 2 and "no stats to log" in r.stderr
+    r = wattsup("agree")
+    assert r.returncode == 2 and "or --experiment X for a study" in r.stderr

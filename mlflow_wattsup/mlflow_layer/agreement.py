@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_wattsup.analysis import fsstats
@@ -109,6 +110,54 @@ def agreement_values(
     return run, ref, out
 
 
+@dataclass
+class AgreementResult:
+    """What :func:`log_agreement` logs for one run: metrics, tags and CSV tables by artifact path."""
+
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    tables: dict[str, str]
+    comparisons: dict[str, Comparison]
+
+
+def agreement(subject_dir: str | Path, reference_dir: str | Path | None = None) -> AgreementResult:
+    """Read and compare (see :func:`log_agreement`); raises
+    :class:`~mlflow_wattsup.analysis.fsstats.StatsFormatError` for a malformed stats file."""
+    run, ref, comps = agreement_values(subject_dir, reference_dir)
+    metrics = value_metrics(run)
+    tags = value_tags(run)
+    if ref is not None:
+        tags["wattsup.agree.reference"] = str(Path(reference_dir).resolve())
+        tags["wattsup.agree.volume"] = _status(
+            run.volume_file or "",
+            ref.volume_file or "",
+            run.volume_missing,
+            ref.volume_missing,
+            comps.get("volume"),
+        )
+        tags["wattsup.agree.thickness"] = _status(
+            ", ".join(run.thickness_files),
+            ", ".join(ref.thickness_files),
+            None if run.thickness_mm else run.thickness_missing,
+            None if ref.thickness_mm else ref.thickness_missing,
+            comps.get("thickness"),
+        )
+        for measure, c in comps.items():
+            metrics.update(comparison_metrics(c))
+            unmatched = _unmatched(c)
+            if unmatched:
+                tags[f"wattsup.agree.{measure}_unmatched"] = unmatched
+    tables = {f"wattsup/agreement_{m}.csv": c.to_csv() for m, c in comps.items()}
+    return AgreementResult(metrics, tags, tables, comps)
+
+
+def log_result(sink, result: AgreementResult) -> None:
+    sink.log_metrics(result.metrics)
+    sink.set_tags(result.tags)
+    for path, text in result.tables.items():
+        sink.log_text(text, path)
+
+
 def log_agreement(sink_or_run_id, subject_dir: str | Path, reference_dir: str | Path | None = None) -> dict:
     """Log a run's own volumes and thickness from ``subject_dir`` (``volume_mm3/*``,
     ``thickness_mm/*``) and, with ``reference_dir``, its differences from that subject directory
@@ -116,9 +165,10 @@ def log_agreement(sink_or_run_id, subject_dir: str | Path, reference_dir: str | 
     ``wattsup/agreement_volume.csv`` and ``wattsup/agreement_thickness.csv``, and tags saying what
     was and was not compared (``wattsup.agree.*``, ``wattsup.stats.*``).
 
-    ``sink_or_run_id``: an :class:`~mlflow_wattsup.mlflow_layer.sink.MlflowSink` (not closed here)
-    or a run id. Never raises for missing or malformed files: the reason goes to the tag
-    ``wattsup.warning.agreement`` and is returned under ``"error"``; returns the metrics logged."""
+    ``sink_or_run_id``: an :class:`~mlflow_wattsup.mlflow_layer.sink.MlflowSink` (not closed here),
+    a run id, or None (the active run, else ``$MLFLOW_RUN_ID``, else a new run). Never raises for
+    missing or malformed files: a malformed one is named in the tag ``wattsup.warning.agreement``
+    and returned under ``"error"``. Returns the metrics logged."""
     from mlflow_wattsup.mlflow_layer.log import target_run
 
     ctx = (
@@ -128,38 +178,12 @@ def log_agreement(sink_or_run_id, subject_dir: str | Path, reference_dir: str | 
     )
     with ctx as sink:
         try:
-            run, ref, comps = agreement_values(subject_dir, reference_dir)
+            result = agreement(subject_dir, reference_dir)
         except fsstats.StatsFormatError as exc:
             sink.set_tags({"wattsup.warning.agreement": str(exc)})
             return {"error": str(exc)}
-        metrics = value_metrics(run)
-        tags = value_tags(run)
-        if ref is not None:
-            tags["wattsup.agree.reference"] = str(Path(reference_dir).resolve())
-            tags["wattsup.agree.volume"] = _status(
-                run.volume_file or "",
-                ref.volume_file or "",
-                run.volume_missing,
-                ref.volume_missing,
-                comps.get("volume"),
-            )
-            tags["wattsup.agree.thickness"] = _status(
-                ", ".join(run.thickness_files),
-                ", ".join(ref.thickness_files),
-                None if run.thickness_mm else run.thickness_missing,
-                None if ref.thickness_mm else ref.thickness_missing,
-                comps.get("thickness"),
-            )
-            for measure, c in comps.items():
-                metrics.update(comparison_metrics(c))
-                unmatched = _unmatched(c)
-                if unmatched:
-                    tags[f"wattsup.agree.{measure}_unmatched"] = unmatched
-        sink.log_metrics(metrics)
-        sink.set_tags(tags)
-        for measure, c in comps.items():
-            sink.log_text(c.to_csv(), f"wattsup/agreement_{measure}.csv")
-        return metrics
+        log_result(sink, result)
+        return result.metrics
 
 
 # -- across a study -------------------------------------------------------------------------------
@@ -226,3 +250,25 @@ def study_agreement(
     table = cross_subject(values, pipelines[0], pipelines[1])
     table.extra_notes = notes
     return table
+
+
+def agreement_block(
+    experiments: Sequence[str],
+    pipelines: Sequence[str] = ("fastsurfer", "freesurfer"),
+    fmt: str = "markdown",
+    filter_string: str = "",
+    tracking_uri: str | None = None,
+) -> str:
+    """The agreement table of experiment(s) (by name) rendered for a report, or ``""`` when no
+    subject has runs of both pipelines with logged values (so a report without them is unchanged)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    ids = []
+    for name in experiments:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise ValueError(f"no experiment named {name!r} at {client.tracking_uri}")
+        ids.append(exp.experiment_id)
+    table = study_agreement(ids, pipelines, client, filter_string)
+    return table.render(fmt) if table.subjects else ""
