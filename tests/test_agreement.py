@@ -201,6 +201,10 @@ def test_study_of_five_subjects_differences_r_and_icc_by_hand(tmp_path, client, 
             "stats/lh.aparc.DKTatlas.stats"
         ) != (s == MISSING[0])
         assert t["wattsup.agree.reference"] == str(dirs[s][1].resolve())
+        assert t["wattsup.agree.dice"] == (
+            "n/a: run: no mri/aparc.DKTatlas+aseg.mgz or mri/aparc.DKTatlas+aseg.deep.mgz; "
+            "reference: no mri/aparc.DKTatlas+aseg.mgz or mri/aparc.DKTatlas+aseg.deep.mgz"
+        )
     t3 = client.get_run(fast_runs[MISSING[0]]).data.tags
     assert t3["wattsup.agree.thickness_unmatched"] == f"reference only: {MISSING[1]}"
     import mlflow
@@ -322,3 +326,53 @@ def test_cli_one_subject(tmp_path, client, experiment, tracking_uri):
     assert r.returncode == 2 and "no stats to log" in r.stderr
     r = wattsup("agree")
     assert r.returncode == 2 and "or --experiment X for a study" in r.stderr
+
+
+def test_dice_of_the_two_directories_segmentations(tmp_path, client, experiment, tracking_uri):
+    """FastSurfer --seg_only (aparc.DKTatlas+aseg.deep.mgz) against FreeSurfer's
+    aparc.DKTatlas+aseg.mgz: Dice per label, and with cortical parcels merged."""
+    import nibabel as nib
+    import numpy as np
+
+    from mlflow_wattsup.mlflow_layer.agreement import log_agreement
+
+    ref = np.zeros((12, 12, 12), np.int32)
+    ref[1:5, 1:5, 1:5] = 17  # Left-Hippocampus, 64 voxels
+    ref[6:10, 1:5, 1:5] = 1035  # ctx-lh-insula, 64 voxels
+    run = np.zeros_like(ref)
+    run[2:6, 1:5, 1:5] = 17  # shifted by one: 48 in common
+    run[6:10, 1:5, 1:3] = 1035  # 32 voxels, all inside the reference's
+    run[6:10, 1:5, 3:5] = 1034  # ctx-lh-transversetemporal: merged with insula into cortex for dice_aseg
+    fs, fa = tmp_path / "fs" / "s", tmp_path / "fa" / "s"
+    for d, rel, data in (
+        (fs, "mri/aparc.DKTatlas+aseg.mgz", ref),
+        (fa, "mri/aparc.DKTatlas+aseg.deep.mgz", run),
+    ):
+        (d / "mri").mkdir(parents=True)
+        nib.save(nib.MGHImage(data, np.eye(4)), str(d / rel))
+    write_aseg_stats(fs / "stats" / "aseg.stats")
+    write_fastsurfer_segstats(fa / "stats" / "aseg+DKT.stats", {"Left-Hippocampus": 4000.0})
+    exp_id = client.create_experiment(experiment)
+    rid = new_run(client, exp_id, "s", "fastsurfer")
+    log_agreement(rid, fa, fs)
+    run_ = client.get_run(rid)
+    m, t = run_.data.metrics, run_.data.tags
+    assert (
+        t["wattsup.agree.dice"] == "mri/aparc.DKTatlas+aseg.deep.mgz vs reference mri/aparc.DKTatlas+aseg.mgz"
+    )
+    assert m["dice/Left-Hippocampus"] == pytest.approx(2 * 48 / (64 + 64))
+    assert m["dice/ctx-lh-insula"] == pytest.approx(2 * 32 / (32 + 64))
+    assert m["dice/ctx-lh-transversetemporal"] == 0.0  # in the run only
+    assert m["dice_aseg/Left-Cerebral-Cortex"] == pytest.approx(1.0)  # all parcels -> cortex (3)
+    assert t["wattsup.agree.volume"].startswith(
+        "1 structures: stats/aseg+DKT.stats vs reference stats/aseg.stats"
+    )
+    logged = set(m) | set(run_.data.params) | set(t)
+    assert undocumented(logged, documented()) == []
+    # a segmentation on another grid: said, not raised; the stats are still logged
+    nib.save(nib.MGHImage(run[:10], np.eye(4)), str(fa / "mri" / "aparc.DKTatlas+aseg.deep.mgz"))
+    rid2 = new_run(client, exp_id, "s", "fastsurfer")
+    log_agreement(rid2, fa, fs)
+    t2 = client.get_run(rid2).data.tags
+    assert t2["wattsup.agree.dice"].startswith("n/a: ") and "is 10x12x12" in t2["wattsup.agree.dice"]
+    assert "volume_diff_mm3/Left-Hippocampus" in client.get_run(rid2).data.metrics

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow_wattsup.analysis import fsstats
@@ -29,6 +29,9 @@ _KEY_OK = re.compile(r"[^A-Za-z0-9_\-.]")
 #: per-structure metric prefixes: the run's own values, and its difference from the reference
 VALUE_PREFIX = {"volume": "volume_mm3", "thickness": "thickness_mm"}
 DIFF_PREFIX = {"volume": "volume_diff_mm3", "thickness": "thickness_diff_mm"}
+#: the DKT+aseg segmentation of a subject directory, in order of preference: FreeSurfer's (and a
+#: full FastSurfer run's link to its mapped one), then FastSurfer's network output (``--seg_only``)
+SEG_FILES = ("mri/aparc.DKTatlas+aseg.mgz", "mri/aparc.DKTatlas+aseg.deep.mgz")
 SUBJECT_TAG = "wattsup.subject"
 PIPELINE_TAG = "wattsup.pipeline"
 
@@ -118,9 +121,48 @@ class AgreementResult:
     tags: dict[str, str]
     tables: dict[str, str]
     comparisons: dict[str, Comparison]
+    dice: list = field(default_factory=list)  # (DiceResult, prefix) to log with log_dice
 
 
-def agreement(subject_dir: str | Path, reference_dir: str | Path | None = None) -> AgreementResult:
+def find_seg(subject_dir: str | Path, prefer: str | None = None) -> str | None:
+    d = Path(subject_dir)
+    order = ([prefer] if prefer else []) + list(SEG_FILES)
+    return next((rel for rel in order if (d / rel).is_file()), None)
+
+
+def dice_against(subject_dir: str | Path, reference_dir: str | Path) -> tuple[list, str]:
+    """Dice of the run's DKT+aseg segmentation against the reference directory's, as the projects
+    score it (``dice`` all labels, ``dice_aseg`` cortical parcels merged): ([(result, prefix)],
+    what was compared), or ([], ``n/a: why``). Never raises for unusable volumes."""
+    from mlflow_wattsup.analysis.dice import DiceInputError, dice_files
+    from mlflow_wattsup.analysis.labels import default_names, parse_merge
+
+    ref = find_seg(reference_dir)
+    run = find_seg(subject_dir, ref)
+    if run is None or ref is None:
+        whys = [
+            f"{side}: no {' or '.join(SEG_FILES)}"
+            for side, f in (("run", run), ("reference", ref))
+            if f is None
+        ]
+        return [], "n/a: " + "; ".join(whys)
+    if ref != run and find_seg(reference_dir, run) == run:
+        ref = run  # like with like when both have it
+    names, source = default_names()
+    a, b = Path(subject_dir) / run, Path(reference_dir) / ref
+    try:
+        full = dice_files(a, b, names=names, names_source=source)
+        merged = dice_files(
+            a, b, names=names, names_source=source, merge=parse_merge("aseg"), merge_name="aseg"
+        )
+    except DiceInputError as exc:
+        return [], f"n/a: {exc}"
+    return [(full, "dice"), (merged, "dice_aseg")], f"{run} vs reference {ref}"
+
+
+def agreement(
+    subject_dir: str | Path, reference_dir: str | Path | None = None, dice: bool = True
+) -> AgreementResult:
     """Read and compare (see :func:`log_agreement`); raises
     :class:`~mlflow_wattsup.analysis.fsstats.StatsFormatError` for a malformed stats file."""
     run, ref, comps = agreement_values(subject_dir, reference_dir)
@@ -148,22 +190,34 @@ def agreement(subject_dir: str | Path, reference_dir: str | Path | None = None) 
             if unmatched:
                 tags[f"wattsup.agree.{measure}_unmatched"] = unmatched
     tables = {f"wattsup/agreement_{m}.csv": c.to_csv() for m, c in comps.items()}
-    return AgreementResult(metrics, tags, tables, comps)
+    scored = []
+    if ref is not None and dice:
+        scored, tags["wattsup.agree.dice"] = dice_against(subject_dir, reference_dir)
+    return AgreementResult(metrics, tags, tables, comps, scored)
 
 
 def log_result(sink, result: AgreementResult) -> None:
+    from mlflow_wattsup.mlflow_layer.log import log_dice
+
     sink.log_metrics(result.metrics)
     sink.set_tags(result.tags)
     for path, text in result.tables.items():
         sink.log_text(text, path)
+    for res, prefix in result.dice:
+        log_dice(res, prefix=prefix, sink=sink)
 
 
-def log_agreement(sink_or_run_id, subject_dir: str | Path, reference_dir: str | Path | None = None) -> dict:
+def log_agreement(
+    sink_or_run_id, subject_dir: str | Path, reference_dir: str | Path | None = None, dice: bool = True
+) -> dict:
     """Log a run's own volumes and thickness from ``subject_dir`` (``volume_mm3/*``,
     ``thickness_mm/*``) and, with ``reference_dir``, its differences from that subject directory
     (``volume_diff_mm3/*``, ``thickness_diff_mm/*`` and their means), the tables
     ``wattsup/agreement_volume.csv`` and ``wattsup/agreement_thickness.csv``, and tags saying what
-    was and was not compared (``wattsup.agree.*``, ``wattsup.stats.*``).
+    was and was not compared (``wattsup.agree.*``, ``wattsup.stats.*``). With ``dice`` (default),
+    also Dice of the two directories' DKT+aseg segmentations (``dice/*``, ``dice_aseg/*``, as the
+    projects log it against a reference segmentation; pass ``dice=False`` when the run already
+    scored one).
 
     ``sink_or_run_id``: an :class:`~mlflow_wattsup.mlflow_layer.sink.MlflowSink` (not closed here),
     a run id, or None (the active run, else ``$MLFLOW_RUN_ID``, else a new run). Never raises for
@@ -178,7 +232,7 @@ def log_agreement(sink_or_run_id, subject_dir: str | Path, reference_dir: str | 
     )
     with ctx as sink:
         try:
-            result = agreement(subject_dir, reference_dir)
+            result = agreement(subject_dir, reference_dir, dice)
         except fsstats.StatsFormatError as exc:
             sink.set_tags({"wattsup.warning.agreement": str(exc)})
             return {"error": str(exc)}

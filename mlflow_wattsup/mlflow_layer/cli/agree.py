@@ -16,8 +16,8 @@ def register(sub) -> None:
         description="With SUBJECT_DIR: log its volumes (stats/aseg.stats or aseg+DKT.stats) and cortical "
         "thickness (stats/?h.aparc.DKTatlas[.mapped].stats) to a run (--run-id, $MLFLOW_RUN_ID, or a new "
         "run in --experiment), and with REFERENCE_DIR (the other pipeline's output for the same subject) "
-        "their differences per structure (run - reference), means and CSV tables; what cannot be "
-        "compared is said in wattsup.agree.* tags. Without SUBJECT_DIR: read the finished runs of "
+        "their differences per structure (run - reference), means and CSV tables, and Dice of the two "
+        "segmentations; what cannot be compared is said in wattsup.agree.* tags. Without SUBJECT_DIR: read the finished runs of "
         "--experiment tagged wattsup.subject and wattsup.pipeline, pair them by subject and print per "
         "structure N, means, mean difference, Pearson r and ICC(2,1) of the first of --pipelines against "
         "the second.",
@@ -34,6 +34,11 @@ def register(sub) -> None:
     )
     a.add_argument("--run-id", help="per run: log to this run (default: $MLFLOW_RUN_ID, else a new run)")
     a.add_argument("--no-log", action="store_true", help="per run: print only, log nothing")
+    a.add_argument(
+        "--no-dice",
+        action="store_true",
+        help="per run: skip Dice of the two directories' mri/aparc.DKTatlas+aseg[.deep].mgz",
+    )
     a.add_argument(
         "--pipelines",
         default="fastsurfer,freesurfer",
@@ -72,7 +77,7 @@ def main(args) -> int:
     from mlflow_wattsup.mlflow_layer.agreement import agreement, log_result
 
     try:
-        result = agreement(args.subject_dir, args.reference_dir)
+        result = agreement(args.subject_dir, args.reference_dir, not args.no_dice)
     except StatsFormatError as exc:
         raise UsageError(str(exc)) from None
     if not result.metrics:
@@ -90,6 +95,8 @@ def main(args) -> int:
             if c.n
             else f"{measure}: nothing compared"
         )
+    for res, prefix in result.dice:
+        lines.append(f"{prefix}: mean {res.mean:.4f} over {len(res.scores)} labels")
     text = "\n".join(lines) + "\n"
     if args.output:
         tables = "".join(f"# {path}\n{t}" for path, t in result.tables.items())
