@@ -264,6 +264,18 @@ def test_study_of_five_subjects_differences_r_and_icc_by_hand(tmp_path, client, 
         "<h3>Agreement: fastsurfer vs freesurfer</h3>"
     )
     assert agreement_block([experiment], ("fastsurfer", "gmm-classical")) == ""
+    # next to the cost table in the report
+    for rid in list(fast_runs.values()) + [r.info.run_id for r in client.search_runs([exp_id])]:
+        client.log_metric(rid, "duration_s", 60.0)
+        client.log_metric(rid, "energy_kwh", 0.01)
+        client.set_tag(rid, "wattsup.source.cpu", "rapl")
+    r = wattsup("report", experiment, "--agreement", "fastsurfer,freesurfer")
+    assert r.returncode == 0, r.stderr
+    cost, _, block = r.stdout.partition("### Agreement: fastsurfer vs freesurfer")
+    assert "| fastsurfer |" in cost and "Energy (Wh)" in cost
+    assert "| thickness (mm) | ctx-lh-insula | 5 |" in block
+    r = wattsup("report", experiment, "--agreement", "fastsurfer,deepbet", "--format", "html")
+    assert r.returncode == 0 and "No subject has runs of both fastsurfer and deepbet" in r.stdout
     r = wattsup("agree", "--experiment", experiment, "--pipelines", "fastsurfer,deepbet")
     assert r.returncode == 2 and "no subject has finished fastsurfer and deepbet runs" in r.stderr
     assert "sub-01 (fastsurfer only)" in r.stderr and len(r.stderr.splitlines()) == 1

@@ -54,7 +54,7 @@ def register(sub) -> None:
     a.set_defaults(func=main)
 
 
-def _pipelines(text: str) -> tuple[str, str]:
+def pipeline_pair(text: str) -> tuple[str, str]:
     names = [p.strip() for p in text.split(",") if p.strip()]
     if len(names) != 2 or names[0] == names[1]:
         raise UsageError(f"--pipelines needs two different names, A,B; got {text!r}")
@@ -121,7 +121,7 @@ def study(args) -> int:
         raise UsageError("REFERENCE_DIR, --run-id and --no-log need SUBJECT_DIR")
     if not args.experiment:
         raise UsageError("give SUBJECT_DIR [REFERENCE_DIR] for one run, or --experiment X for a study")
-    a, b = _pipelines(args.pipelines)
+    a, b = pipeline_pair(args.pipelines)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(args.tracking_uri)
