@@ -388,3 +388,20 @@ def test_dice_of_the_two_directories_segmentations(tmp_path, client, experiment,
     t2 = client.get_run(rid2).data.tags
     assert t2["wattsup.agree.dice"].startswith("n/a: ") and "is 10x12x12" in t2["wattsup.agree.dice"]
     assert "volume_diff_mm3/Left-Hippocampus" in client.get_run(rid2).data.metrics
+
+
+def test_through_a_pipelines_sink_never_raises(tmp_path, client, experiment, tracking_uri):
+    """The projects call log_agreement(run.sink, subject_dir, reference_dir) before finishing."""
+    from mlflow_wattsup.mlflow_layer.agreement import log_agreement
+    from mlflow_wattsup.mlflow_layer.sink import MlflowSink
+
+    fa, fs = make_study(tmp_path)["sub-04"]
+    rid = new_run(client, client.create_experiment(experiment), "sub-04", "fastsurfer")
+    sink = MlflowSink(rid, client, flush_interval_s=0)
+    out = log_agreement(sink, fa, fs)
+    assert out["thickness_compared_n"] == 62
+    assert log_agreement(sink, None, fs)["error"].startswith("TypeError")  # a bug is a tag, not a crash
+    sink.close()
+    run = client.get_run(rid)
+    assert run.data.metrics["thickness_diff_mm/ctx-rh-insula"] == pytest.approx(TH_OFFSET + TH_NOISE[3])
+    assert run.data.tags["wattsup.warning.agreement"].startswith("TypeError")

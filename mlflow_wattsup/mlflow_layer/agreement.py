@@ -221,8 +221,9 @@ def log_agreement(
 
     ``sink_or_run_id``: an :class:`~mlflow_wattsup.mlflow_layer.sink.MlflowSink` (not closed here),
     a run id, or None (the active run, else ``$MLFLOW_RUN_ID``, else a new run). Never raises for
-    missing or malformed files: a malformed one is named in the tag ``wattsup.warning.agreement``
-    and returned under ``"error"``. Returns the metrics logged."""
+    missing or malformed files (nor for anything else: the run's measurement comes first): a
+    malformed file is named in the tag ``wattsup.warning.agreement`` and returned under
+    ``"error"``. Returns the volume and thickness metrics logged."""
     from mlflow_wattsup.mlflow_layer.log import target_run
 
     ctx = (
@@ -236,6 +237,10 @@ def log_agreement(
         except fsstats.StatsFormatError as exc:
             sink.set_tags({"wattsup.warning.agreement": str(exc)})
             return {"error": str(exc)}
+        except Exception as exc:  # extra information: never lose the run's measurement for it
+            msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            sink.set_tags({"wattsup.warning.agreement": msg})
+            return {"error": msg}
         log_result(sink, result)
         return result.metrics
 
