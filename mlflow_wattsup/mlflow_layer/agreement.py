@@ -26,9 +26,22 @@ from mlflow_wattsup.analysis import fsstats
 from mlflow_wattsup.analysis.agreement import MEASURES, AgreementTable, Comparison, compare, cross_subject
 
 _KEY_OK = re.compile(r"[^A-Za-z0-9_\-.]")
+
+# -- every key this module logs (docs/metrics.md, "Volumes, thickness and agreement") ---------------
 #: per-structure metric prefixes: the run's own values, and its difference from the reference
 VALUE_PREFIX = {"volume": "volume_mm3", "thickness": "thickness_mm"}
 DIFF_PREFIX = {"volume": "volume_diff_mm3", "thickness": "thickness_diff_mm"}
+#: summary metrics of one measure ("volume", "thickness"); unit "mm3" or "mm"
+COMPARED_N = "{measure}_compared_n"
+DIFF_MEAN = "{measure}_diff_mean_{unit}"
+ABSDIFF_MEAN = "{measure}_absdiff_mean_{unit}"
+ABSRELDIFF_MEAN = "{measure}_absreldiff_mean"
+STATS_TAG = "wattsup.stats.{measure}"  # the file(s) read, or n/a: why
+AGREE_REFERENCE = "wattsup.agree.reference"
+AGREE_TAG = "wattsup.agree.{measure}"  # what was compared, or n/a: why (measure: volume, thickness, dice)
+AGREE_UNMATCHED = "wattsup.agree.{measure}_unmatched"
+WARNING_TAG = "wattsup.warning.agreement"
+TABLE_ARTIFACT = "wattsup/agreement_{measure}.csv"
 #: the DKT+aseg segmentation of a subject directory, in order of preference: FreeSurfer's (and a
 #: full FastSurfer run's link to its mapped one), then FastSurfer's network output (``--seg_only``)
 SEG_FILES = ("mri/aparc.DKTatlas+aseg.mgz", "mri/aparc.DKTatlas+aseg.deep.mgz")
@@ -42,15 +55,15 @@ def key_part(name: str) -> str:
 
 
 def value_metrics(stats: fsstats.SubjectStats) -> dict[str, float]:
-    out = {f"volume_mm3/{key_part(k)}": v for k, v in stats.volumes_mm3.items()}
-    out.update({f"thickness_mm/{key_part(k)}": v for k, v in stats.thickness_mm.items()})
+    out = {f"{VALUE_PREFIX['volume']}/{key_part(k)}": v for k, v in stats.volumes_mm3.items()}
+    out.update({f"{VALUE_PREFIX['thickness']}/{key_part(k)}": v for k, v in stats.thickness_mm.items()})
     return out
 
 
 def value_tags(stats: fsstats.SubjectStats) -> dict[str, str]:
     return {
-        "wattsup.stats.volume": stats.volume_file or f"n/a: {stats.volume_missing}",
-        "wattsup.stats.thickness": (
+        STATS_TAG.format(measure="volume"): stats.volume_file or f"n/a: {stats.volume_missing}",
+        STATS_TAG.format(measure="thickness"): (
             ", ".join(stats.thickness_files)
             + (f" (and {stats.thickness_missing})" if stats.thickness_missing else "")
             if stats.thickness_files
@@ -62,13 +75,13 @@ def value_tags(stats: fsstats.SubjectStats) -> dict[str, str]:
 def comparison_metrics(c: Comparison) -> dict[str, float]:
     unit = MEASURES[c.measure]
     out = {f"{DIFF_PREFIX[c.measure]}/{key_part(p.name)}": p.diff for p in c.compared}
-    out[f"{c.measure}_compared_n"] = c.n
+    out[COMPARED_N.format(measure=c.measure)] = c.n
     if c.n:
-        out[f"{c.measure}_diff_mean_{unit}"] = c.mean_diff()
-        out[f"{c.measure}_absdiff_mean_{unit}"] = c.mean_absdiff()
+        out[DIFF_MEAN.format(measure=c.measure, unit=unit)] = c.mean_diff()
+        out[ABSDIFF_MEAN.format(measure=c.measure, unit=unit)] = c.mean_absdiff()
         rel = c.mean_absreldiff()
         if rel is not None:
-            out[f"{c.measure}_absreldiff_mean"] = rel
+            out[ABSRELDIFF_MEAN.format(measure=c.measure)] = rel
     return out
 
 
@@ -169,15 +182,15 @@ def agreement(
     metrics = value_metrics(run)
     tags = value_tags(run)
     if ref is not None:
-        tags["wattsup.agree.reference"] = str(Path(reference_dir).resolve())
-        tags["wattsup.agree.volume"] = _status(
+        tags[AGREE_REFERENCE] = str(Path(reference_dir).resolve())
+        tags[AGREE_TAG.format(measure="volume")] = _status(
             run.volume_file or "",
             ref.volume_file or "",
             run.volume_missing,
             ref.volume_missing,
             comps.get("volume"),
         )
-        tags["wattsup.agree.thickness"] = _status(
+        tags[AGREE_TAG.format(measure="thickness")] = _status(
             ", ".join(run.thickness_files),
             ", ".join(ref.thickness_files),
             None if run.thickness_mm else run.thickness_missing,
@@ -188,11 +201,11 @@ def agreement(
             metrics.update(comparison_metrics(c))
             unmatched = _unmatched(c)
             if unmatched:
-                tags[f"wattsup.agree.{measure}_unmatched"] = unmatched
-    tables = {f"wattsup/agreement_{m}.csv": c.to_csv() for m, c in comps.items()}
+                tags[AGREE_UNMATCHED.format(measure=measure)] = unmatched
+    tables = {TABLE_ARTIFACT.format(measure=m): c.to_csv() for m, c in comps.items()}
     scored = []
     if ref is not None and dice:
-        scored, tags["wattsup.agree.dice"] = dice_against(subject_dir, reference_dir)
+        scored, tags[AGREE_TAG.format(measure="dice")] = dice_against(subject_dir, reference_dir)
     return AgreementResult(metrics, tags, tables, comps, scored)
 
 
@@ -235,11 +248,11 @@ def log_agreement(
         try:
             result = agreement(subject_dir, reference_dir, dice)
         except fsstats.StatsFormatError as exc:
-            sink.set_tags({"wattsup.warning.agreement": str(exc)})
+            sink.set_tags({WARNING_TAG: str(exc)})
             return {"error": str(exc)}
         except Exception as exc:  # extra information: never lose the run's measurement for it
             msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            sink.set_tags({"wattsup.warning.agreement": msg})
+            sink.set_tags({WARNING_TAG: msg})
             return {"error": msg}
         log_result(sink, result)
         return result.metrics
@@ -259,7 +272,7 @@ def values_from_runs(runs: Iterable, pipelines: Sequence[str] | None = None) -> 
         subject, pipeline = tags.get(SUBJECT_TAG), tags.get(PIPELINE_TAG)
         if not subject or not pipeline or (pipelines and pipeline not in pipelines):
             continue
-        if not any(k.startswith(("volume_mm3/", "thickness_mm/")) for k in metrics):
+        if not any(k.startswith(tuple(p + "/" for p in VALUE_PREFIX.values())) for k in metrics):
             notes.append(f"run {run.info.run_id} ({pipeline}, {subject}) logged no volumes or thickness")
             continue
         prev = chosen.get((subject, pipeline))
