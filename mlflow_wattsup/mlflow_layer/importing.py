@@ -103,7 +103,7 @@ def write(
             }
         )
         if st.dp_ops is not None:
-            metrics[pfx + "papi_dp_ops_tracking_process"] = st.dp_ops
+            metrics[f"stage/{stage_key(st.name)}/papi_dp_ops_tracking_process"] = st.dp_ops
     sink.log_metrics(metrics, timestamp_ms=end_ms)
     last_step = -1
     for elapsed, cpu_w, gpu_w in run.series:
