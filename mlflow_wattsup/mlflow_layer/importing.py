@@ -72,6 +72,8 @@ def write(
         carbon,
         machine_energy=machine if machine.total_j > 0 else None,
     )
+    if run.papi_dp_ops is not None:  # the tracking process's own DP ops, never the pipeline's FLOPs
+        metrics[keys.PAPI_DP_OPS] = run.papi_dp_ops
     for st in run.stages:
         metrics.update(
             keys.stage_metrics(
@@ -83,6 +85,8 @@ def write(
                 carbon,
             )
         )
+        if st.dp_ops is not None:
+            metrics[f"stage/{stage_key(st.name)}/{keys.PAPI_DP_OPS}"] = st.dp_ops
     sink.log_metrics(metrics, timestamp_ms=end_ms)
     last_step = -1
     for elapsed, cpu_w, gpu_w in run.series:

@@ -56,6 +56,8 @@ POWER_MEAN_W = "power_mean_w"
 CPU_TIME_S = "cpu_time_s"
 TRACKER_CPU_S = "tracker_cpu_s"
 OVERHEAD_CPU_S = "overhead_cpu_s"
+#: PAPI double-precision operations of an EIT tracking process's own thread (never the pipeline's FLOPs)
+PAPI_DP_OPS = "papi_dp_ops_tracking_process"
 POWER_SERIES = ("power_w", "power_cpu_w", "power_gpu_w", "power_ram_w")
 
 

@@ -14,6 +14,15 @@ Whole-machine energy likewise from ``rapl_power_draw_absolute`` (+ ``nvidia_draw
 inferred from the data (start vs first sample, else end vs last sample, rounded to a quarter
 hour), never from this machine's time zone. Truncated or malformed lines, non-finite or negative
 powers are skipped and counted; what was skipped is reported.
+
+The stage CSVs the seed's scripts wrote beside the log (``compute_costs_flop.csv``) carry a ``DP``
+column: PAPI's ``PAPI_DP_OPS`` counter, read with pypapi's high-level ``start_counters`` /
+``stop_counters`` around each stage in the Python process that ran the tracker. It counts
+double-precision floating-point operations of that process's own thread only: not the child
+processes that did the work (recon-all's programs, ``run_fastsurfer.sh``), not other threads, and
+no single-precision work (FastSurfer's float32 network). It is imported as
+``papi_dp_ops_tracking_process`` with a tag saying so, never as the pipeline's FLOPs. The ``MAC``
+and ``params`` columns beside it were never filled (0) and are not imported.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ class Stage:
     end_s: float
     cpu_j: float = 0.0
     gpu_j: float = 0.0
+    dp_ops: float | None = None  # PAPI_DP_OPS of the tracking process during the stage (see module doc)
 
 
 @dataclass
@@ -73,6 +83,7 @@ class ImportedRun:
     machine_ram_j: float = 0.0
     pue: float | None = None
     importer: str = "import-eit"
+    papi_dp_ops: float | None = None  # sum of the stage CSV's DP column (see module doc)
 
     @property
     def duration_s(self) -> float:
@@ -163,8 +174,16 @@ def _stage_csvs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.csv") if p.is_file())
 
 
-def _read_stage_csv(path: Path) -> tuple[list[tuple[str, float, float]] | None, str | None]:
-    """(task, start epoch, duration) rows, or (None, why not)."""
+def _dp(value) -> float | None:
+    """A DP cell: ``748428232``, or ``[779]`` as one of the seed's files wrote it."""
+    text = str(value or "").strip().strip("[]").strip()
+    return _finite(text) if text else None
+
+
+def _read_stage_csv(
+    path: Path,
+) -> tuple[list[tuple[str, float, float, float | None]] | None, str | None]:
+    """(task, start epoch, duration, DP or None) rows, or (None, why not)."""
     try:
         with open(path, newline="", errors="replace") as f:
             rows = list(csv.DictReader(f))
@@ -173,13 +192,14 @@ def _read_stage_csv(path: Path) -> tuple[list[tuple[str, float, float]] | None, 
     if not rows or "task" not in rows[0]:
         return None, f"{path.name}: no 'task' column"
     if "start_time" not in rows[0] or "duration" not in rows[0]:
-        return None, f"{path.name}: no start_time/duration columns (stages cannot be placed in time)"
+        dp = "; its DP column cannot be tied to this run either (not imported)" if "DP" in rows[0] else ""
+        return None, f"{path.name}: no start_time/duration columns (stages cannot be placed in time){dp}"
     out = []
     for r in rows:
         t, d = _finite(r.get("start_time")), _finite(r.get("duration"))
         if t is None or d is None or not r.get("task"):
             continue
-        out.append((r["task"].strip(), t, d))
+        out.append((r["task"].strip(), t, d, _dp(r.get("DP"))))
     if not out:
         return None, f"{path.name}: no row with a task, start_time and duration"
     return out, None
@@ -200,7 +220,7 @@ def _stages_from_v1_log(folder: Path, end: float) -> tuple[list[tuple[str, float
             t = end - float(total.group(1))
             out = []
             for name, secs in views:
-                out.append((name.lower(), t, float(secs)))
+                out.append((name.lower(), t, float(secs), None))
                 t += float(secs)
             return out, f"{log.name} (view durations, placed back to back from end - total processing time)"
     return None
@@ -267,7 +287,7 @@ def read_folder(folder: str | Path) -> ImportedRun:
         series.append((float(d["timestamp"]) - start, cpu_w, gpu_w))
 
     # stages: CSVs whose windows fall in this run; else a FastSurfer 1.x log
-    stage_rows: list[tuple[str, float, float]] = []
+    stage_rows: list[tuple[str, float, float, float | None]] = []
     stage_source = ""
     for path in _stage_csvs(folder):
         rows, why = _read_stage_csv(path)
@@ -290,8 +310,8 @@ def read_folder(folder: str | Path) -> ImportedRun:
             stage_rows, stage_source = v1
     stages = []
     times = [float(d["timestamp"]) for d in samples]
-    for name, t0, dur in stage_rows:
-        st = Stage(name, t0 - start, t0 + dur - start)
+    for name, t0, dur, dp in stage_rows:
+        st = Stage(name, t0 - start, t0 + dur - start, dp_ops=dp)
         for t, ec, eg in zip(times, cpu_per, gpu_per, strict=False):
             if t0 <= t < t0 + dur:  # a sample belongs to the stage whose window holds it
                 st.cpu_j += ec
@@ -314,6 +334,17 @@ def read_folder(folder: str | Path) -> ImportedRun:
     }
     if stage_source:
         tags["wattsup.stages_source"] = stage_source
+    papi_dp_ops = None
+    if stage_rows and all(r[3] is not None for r in stage_rows):
+        papi_dp_ops = sum(r[3] for r in stage_rows)
+        tags["wattsup.papi_dp_ops"] = (
+            f"PAPI_DP_OPS from {stage_source} (column DP): double-precision operations counted in the "
+            "tracking Python process's own thread only, not its child processes nor other threads; "
+            "not the pipeline's FLOPs"
+        )
+    elif stage_rows and any(r[3] is not None for r in stage_rows):
+        notes.append(f"stages: {stage_source} has DP values for some stages only: DP not imported")
+    notes += _unfilled_columns(folder / stage_source) if stage_source.endswith(".csv") else []
     return ImportedRun(
         name=folder.name,
         source=str(folder.resolve()),
@@ -333,4 +364,22 @@ def read_folder(folder: str | Path) -> ImportedRun:
         notes=notes,
         samples=len(samples),
         skipped=skipped,
+        papi_dp_ops=papi_dp_ops,
     )
+
+
+def _unfilled_columns(path: Path) -> list[str]:
+    """A note for the seed's MAC/params columns, which hold zeros (never counted)."""
+    try:
+        with open(path, newline="", errors="replace") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error):
+        return []
+    cols = [c for c in ("MAC", "params") if rows and c in rows[0]]
+    if not cols:
+        return []
+    zero = all(_finite(r.get(c)) == 0 for r in rows for c in cols)
+    why = (
+        "all 0 (never counted by the script that wrote them)" if zero else "their input size is not recorded"
+    )
+    return [f"stages: {path.name}'s {'/'.join(cols)} columns not imported: {why}"]

@@ -38,6 +38,12 @@ def register(sub) -> None:
     )
     rep.add_argument("--region", help="what-if: recompute carbon with this region's intensity")
     rep.add_argument("--pue", help="what-if: recompute carbon with this PUE")
+    rep.add_argument(
+        "--agreement",
+        metavar="A,B",
+        help="also show pipeline A's agreement with B across subjects: N, Pearson r, ICC(2,1) per "
+        "structure (see wattsup agree); markdown and html only",
+    )
     rep.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
     rep.add_argument("--tracking-uri", help="MLflow tracking URI")
     rep.set_defaults(func=main)
@@ -63,6 +69,15 @@ def main(args) -> int:
             + (f" matching {args.filter!r}" if args.filter else "")
         )
     text = table.render(args.format, args.layout)
+    if args.agreement and args.format != "csv":
+        from mlflow_wattsup.mlflow_layer.agreement import agreement_block
+        from mlflow_wattsup.mlflow_layer.cli.agree import pipeline_pair
+
+        pair = pipeline_pair(args.agreement)
+        block = agreement_block(args.experiments, pair, args.format, args.filter, args.tracking_uri)
+        text += "\n" + (
+            block or f"No subject has runs of both {pair[0]} and {pair[1]} with volumes or thickness.\n"
+        )
     if args.output:
         with open(args.output, "w") as f:
             f.write(text)
