@@ -75,3 +75,20 @@ def test_checker_catches_an_undocumented_key():
     assert undocumented({"energy_kwh", "stage/x/energy_kwh", "energy_total_j"}, documented()) == [
         "energy_total_j"
     ]
+
+
+def test_key_names_are_spelled_only_in_the_keys_module():
+    """Every `wattsup.*` tag/param name is owned by mlflow_layer/keys.py (docs/metrics.md's code
+    side): a literal key elsewhere in the package is a second spelling that can drift."""
+    import ast
+
+    pkg = Path(__file__).resolve().parents[1] / "mlflow_wattsup"
+    key_like = re.compile(r"^wattsup\.[a-z_][a-z0-9_.{}]*$")
+    found = []
+    for path in sorted(pkg.rglob("*.py")):
+        if path.name == "keys.py" and path.parent.name == "mlflow_layer":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and key_like.match(node.value):
+                found.append(f"{path.relative_to(pkg)}:{node.lineno}: {node.value}")
+    assert not found, "key names spelled outside mlflow_layer/keys.py:\n" + "\n".join(found)

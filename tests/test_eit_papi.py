@@ -16,7 +16,7 @@ def test_dp_column_is_summed_per_stage_and_labelled(tmp_path):
     make_eit(tmp_path / "FreeSurfer_a")  # stages.csv: first DP 1, second DP 2
     run = read_folder(tmp_path / "FreeSurfer_a")
     assert [s.dp_ops for s in run.stages] == [1.0, 2.0] and run.papi_dp_ops == 3.0
-    label = run.tags["wattsup.papi_dp_ops"]
+    label = run.tags["papi_dp_ops"]
     assert "PAPI_DP_OPS from stages.csv" in label and "not its child processes" in label
     assert "not the pipeline's FLOPs" in label
 
@@ -33,7 +33,7 @@ def test_bracketed_partial_or_untimed_dp(tmp_path):
         f",task,start_time,duration,DP\n0,a,{start},6.0,7\n1,b,{start + 6},6.0,\n"
     )
     run = read_folder(tmp_path / "r")
-    assert run.papi_dp_ops is None and "wattsup.papi_dp_ops" not in run.tags
+    assert run.papi_dp_ops is None and "papi_dp_ops" not in run.tags
     assert any("DP values for some stages only" in n for n in run.notes)
     (tmp_path / "r" / "s.csv").write_text(",task,DP\n0,a,[779]\n")
     run = read_folder(tmp_path / "r")
@@ -68,7 +68,7 @@ def test_real_seed_logs():
     # recon-all ran in a child process: 20 minutes of autorecon1 show ~1e5 DP ops of the parent
     local = read_folder(FIXTURES / "FreeSurfer_ReconAll_test_local_cpu")
     assert local.papi_dp_ops == 108509  # FS_reconall_flops.csv, the one matching this run
-    assert "FS_reconall_flops.csv" in local.tags["wattsup.papi_dp_ops"]
+    assert "FS_reconall_flops.csv" in local.tags["papi_dp_ops"]
     bench = read_folder(FIXTURES / "FastSurfer_track_sub_0128_benchmark")
     assert bench.papi_dp_ops is None and "wattsup.papi_dp_ops" not in bench.tags
     assert any("compute_flops.csv" in n and "DP column" in n for n in bench.notes)

@@ -285,9 +285,8 @@ def test_fuzz_option_parsing(argv):
     st.one_of(st.none(), st.text(max_size=8), weird_floats),
 )
 def test_fuzz_carbon_and_project_params(intensity, region, pue):
-    from mlflow_wattsup.analysis.carbon import CarbonConfigError
+    from mlflow_wattsup.analysis.carbon import CarbonConfig, CarbonConfigError
     from mlflow_wattsup.mlflow_layer.projects.params import ParamError, float_param, int_param, name_param
-    from mlflow_wattsup.analysis.carbon import CarbonConfig
 
     try:
         c = CarbonConfig.resolve(intensity, region or None, pue)

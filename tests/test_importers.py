@@ -114,7 +114,7 @@ def test_eit_energy_as_eit_computes_it(tmp_path):
     # first interval from the start (2 s), then 3 s and 4 s, last power held 3 s to the end
     assert r.cpu_j == pytest.approx(10 * 2 + 20 * 3 + 30 * 4 + 30 * 3)
     assert r.machine_cpu_j == pytest.approx(2 * r.cpu_j)
-    assert r.gpu_j == 0 and r.tags["wattsup.device"] == "cpu" and r.tags["wattsup.pipeline"] == "fastsurfer"
+    assert r.gpu_j == 0 and r.tags["device"] == "cpu" and r.tags["pipeline"] == "fastsurfer"
     assert r.intensity_g_per_kwh == 30.0 and r.region == "CA-QC"
     # samples at +2 and +5 s lie in "first" (0-6 s), the one at +9 s in "second"
     first, second = r.stages
@@ -135,7 +135,7 @@ def test_gpu_truncated_unordered_and_foreign_stage_csv(tmp_path):
         ",task,start_time,duration,DP\n0,autorecon1,1500000000.0,100.0,1\n"
     )
     r = read_folder(tmp_path / "r")
-    assert r.gpu_j == pytest.approx(100.0 * 12) and r.tags["wattsup.device"] == "gpu"
+    assert r.gpu_j == pytest.approx(100.0 * 12) and r.tags["device"] == "gpu"
     assert r.skipped == 1 and r.samples == 3
     assert r.stages == []
     assert any("old.csv is from another run" in n for n in r.notes)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from mlflow_wattsup.analysis import fsstats
 from mlflow_wattsup.analysis.agreement import MEASURES, AgreementTable, Comparison, compare, cross_subject
+from mlflow_wattsup.mlflow_layer import keys
 
 _KEY_OK = re.compile(r"[^A-Za-z0-9_\-.]")
 
@@ -36,17 +37,19 @@ COMPARED_N = "{measure}_compared_n"
 DIFF_MEAN = "{measure}_diff_mean_{unit}"
 ABSDIFF_MEAN = "{measure}_absdiff_mean_{unit}"
 ABSRELDIFF_MEAN = "{measure}_absreldiff_mean"
-STATS_TAG = "wattsup.stats.{measure}"  # the file(s) read, or n/a: why
-AGREE_REFERENCE = "wattsup.agree.reference"
-AGREE_TAG = "wattsup.agree.{measure}"  # what was compared, or n/a: why (measure: volume, thickness, dice)
-AGREE_UNMATCHED = "wattsup.agree.{measure}_unmatched"
-WARNING_TAG = "wattsup.warning.agreement"
+STATS_TAG = keys.PREFIX + "stats.{measure}"  # the file(s) read, or n/a: why
+AGREE_REFERENCE = keys.PREFIX + "agree.reference"
+AGREE_TAG = (
+    keys.PREFIX + "agree.{measure}"
+)  # what was compared, or n/a: why (measure: volume, thickness, dice)
+AGREE_UNMATCHED = keys.PREFIX + "agree.{measure}_unmatched"
+WARNING_TAG = keys.warning_tag("agreement")
 TABLE_ARTIFACT = "wattsup/agreement_{measure}.csv"
 #: the DKT+aseg segmentation of a subject directory, in order of preference: FreeSurfer's (and a
 #: full FastSurfer run's link to its mapped one), then FastSurfer's network output (``--seg_only``)
 SEG_FILES = ("mri/aparc.DKTatlas+aseg.mgz", "mri/aparc.DKTatlas+aseg.deep.mgz")
-SUBJECT_TAG = "wattsup.subject"
-PIPELINE_TAG = "wattsup.pipeline"
+SUBJECT_TAG = keys.SUBJECT
+PIPELINE_TAG = keys.PIPELINE
 
 
 def key_part(name: str) -> str:

@@ -43,9 +43,9 @@ def write(
         intensity, i_source = w.g_per_kwh, f"{w.source} (the log had none)"
     pue_source = "user" if pue is not None else ("log" if run.pue is not None else "default")
     carbon = CarbonConfig(CarbonIntensity(intensity, i_source, run.region or ""), p, pue_source)
-    gpu_used = run.gpu_j > 0 or run.tags.get(keys.DEVICE) == "gpu"
+    gpu_used = run.gpu_j > 0 or run.tags.get("device") == "gpu"
     tags = {
-        **run.tags,
+        **keys.imported_tags(run.tags),
         **keys.source_tags(
             run.importer, run.importer if gpu_used else "none", run.importer if run.ram_j > 0 else "none"
         ),

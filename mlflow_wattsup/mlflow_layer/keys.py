@@ -235,6 +235,12 @@ def import_tags(key: str, source: str, notes: Iterable[str] = ()) -> dict[str, s
     return tags
 
 
+def imported_tags(facts: Mapping[str, str]) -> dict[str, str]:
+    """Tags of an imported run from the facts an importer read (``device``, ``cpu_model``, ...):
+    ``wattsup.<fact>``."""
+    return {PREFIX + k: v for k, v in facts.items()}
+
+
 def end_tags(status: str, exit_code: int | None = None) -> dict[str, str]:
     """The run's end: ``wattsup.status`` (FINISHED, FAILED, KILLED) and the command's exit code."""
     tags = {STATUS: status}

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from mlflow_wattsup.mlflow_layer import keys
 from mlflow_wattsup.mlflow_layer.report import DEFAULT_GROUP_BY, RunRow
 
 
@@ -173,7 +174,7 @@ def power_trace(client, run_id: str, out: str | Path) -> Path:
         pts = series[key]
         if pts and (key == "power_w" or any(p.value > 0 for p in pts)):
             ax.plot([p.step * scale for p in pts], [p.value for p in pts], style, label=lab)
-    source = run.data.tags.get("wattsup.source.cpu", "?")
+    source = run.data.tags.get(keys.SOURCE_PREFIX + "cpu", "?")
     ax.set_xlabel(f"time since start ({unit})")
     ax.set_ylabel("attributed power (W)")
     ax.set_title(f"Power of run {run.info.run_name or run_id[:8]} (CPU: {source})")

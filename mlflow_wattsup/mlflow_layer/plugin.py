@@ -17,6 +17,8 @@ import os
 
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
+from mlflow_wattsup.mlflow_layer import keys
+
 
 @functools.lru_cache(maxsize=1)
 def machine_tags() -> dict[str, str]:
@@ -29,10 +31,10 @@ def machine_tags() -> dict[str, str]:
 
     info = cpu_info()
     tags = {
-        "wattsup.version": __version__,
-        "wattsup.cpu_model": info.model,
-        "wattsup.cpu_logical": str(info.logical_cpus),
-        "wattsup.ram_total_gb": f"{total_memory_bytes() / 2**30:.1f}",
+        keys.PREFIX + "version": __version__,
+        keys.PREFIX + "cpu_model": info.model,
+        keys.PREFIX + "cpu_logical": str(info.logical_cpus),
+        keys.PREFIX + "ram_total_gb": f"{total_memory_bytes() / 2**30:.1f}",
     }
     meters = []
     try:
@@ -43,19 +45,19 @@ def machine_tags() -> dict[str, str]:
     gpu = open_nvml()
     if gpu is not None:
         meters.append(gpu.source)
-        tags["wattsup.gpus"] = ", ".join(gpu.names)
-        tags["wattsup.gpu_driver"] = gpu.driver_version
+        tags[keys.PREFIX + "gpus"] = ", ".join(gpu.names)
+        tags[keys.PREFIX + "gpu_driver"] = gpu.driver_version
         gpu.close()
     else:
-        tags["wattsup.gpus"] = "none"
-    tags["wattsup.meters"] = ",".join(meters) if meters else "none (energy will be estimated)"
+        tags[keys.PREFIX + "gpus"] = "none"
+    tags[keys.PREFIX + "meters"] = ",".join(meters) if meters else "none (energy will be estimated)"
     try:
         c = resolve_intensity()
-        tags["wattsup.config.carbon_intensity_g_per_kwh"] = f"{c.g_per_kwh:.6g}"
-        tags["wattsup.config.region"] = c.region or "none"
-        tags["wattsup.config.pue"] = f"{resolve_pue()[0]:g}"
+        tags[keys.PREFIX + "config.carbon_intensity_g_per_kwh"] = f"{c.g_per_kwh:.6g}"
+        tags[keys.PREFIX + "config.region"] = c.region or "none"
+        tags[keys.PREFIX + "config.pue"] = f"{resolve_pue()[0]:g}"
     except CarbonConfigError as exc:
-        tags["wattsup.config.error"] = str(exc)
+        tags[keys.PREFIX + "config.error"] = str(exc)
     return tags
 
 

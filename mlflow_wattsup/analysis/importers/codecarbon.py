@@ -94,15 +94,15 @@ def read_csv(path: str | Path) -> tuple[list[ImportedRun], list[str]]:
             intensity_source=f"codecarbon {r.get('codecarbon_version', '?')} (emissions / energy_consumed)",
             region=region,
             tags={
-                "wattsup.cpu_model": (r.get("cpu_model") or "unknown").strip(),
-                "wattsup.gpus": (r.get("gpu_model") or "").strip() or "none",
-                "wattsup.import.tool": f"codecarbon {r.get('codecarbon_version', '?')} ({r.get('tracking_mode', '?')} mode)",
-                "wattsup.device": "gpu" if (_finite(r.get("gpu_energy")) or 0) > 0 else "cpu",
+                "cpu_model": (r.get("cpu_model") or "unknown").strip(),
+                "gpus": (r.get("gpu_model") or "").strip() or "none",
+                "import.tool": f"codecarbon {r.get('codecarbon_version', '?')} ({r.get('tracking_mode', '?')} mode)",
+                "device": "gpu" if (_finite(r.get("gpu_energy")) or 0) > 0 else "cpu",
             },
             pue=pue,
             importer="import-codecarbon",
         )
         if r.get("task_name"):
-            run.tags["wattsup.codecarbon.task"] = r["task_name"]
+            run.tags["codecarbon.task"] = r["task_name"]
         runs.append(run)
     return runs, notes

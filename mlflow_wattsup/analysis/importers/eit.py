@@ -75,7 +75,9 @@ class ImportedRun:
     intensity_g_per_kwh: float | None
     intensity_source: str
     region: str
-    tags: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(
+        default_factory=dict
+    )  # facts about the run (cpu_model, device, ...): unprefixed names, the MLflow layer gives them their keys
     notes: list[str] = field(default_factory=list)
     samples: int = 0
     skipped: int = 0
@@ -325,19 +327,19 @@ def read_folder(folder: str | Path) -> ImportedRun:
     cpu_info = info.get("cpu_info") if isinstance(info.get("cpu_info"), dict) else {}
     gpus = [g.get("name", "?") for g in info.get("gpu_info") or [] if isinstance(g, dict)]
     tags = {
-        "wattsup.cpu_model": str(cpu_info.get("brand_raw", "unknown")),
-        "wattsup.cpu_logical": str(cpu_info.get("count", "")),
-        "wattsup.gpus": ", ".join(gpus) if gpus else "none",
-        "wattsup.pipeline": guess_pipeline(folder.name),
-        "wattsup.device": "gpu" if gpu else "cpu",
-        "wattsup.import.tool": f"experiment-impact-tracker {info.get('experiment_impact_tracker_version', '?')}",
+        "cpu_model": str(cpu_info.get("brand_raw", "unknown")),
+        "cpu_logical": str(cpu_info.get("count", "")),
+        "gpus": ", ".join(gpus) if gpus else "none",
+        "pipeline": guess_pipeline(folder.name),
+        "device": "gpu" if gpu else "cpu",
+        "import.tool": f"experiment-impact-tracker {info.get('experiment_impact_tracker_version', '?')}",
     }
     if stage_source:
-        tags["wattsup.stages_source"] = stage_source
+        tags["stages_source"] = stage_source
     papi_dp_ops = None
     if stage_rows and all(r[3] is not None for r in stage_rows):
         papi_dp_ops = sum(r[3] for r in stage_rows)
-        tags["wattsup.papi_dp_ops"] = (
+        tags["papi_dp_ops"] = (
             f"PAPI_DP_OPS from {stage_source} (column DP): double-precision operations counted in the "
             "tracking Python process's own thread only, not its child processes nor other threads; "
             "not the pipeline's FLOPs"

@@ -74,7 +74,7 @@ def main(args) -> int:
     if args.subject_dir is None:
         return study(args)
     from mlflow_wattsup.analysis.fsstats import StatsFormatError
-    from mlflow_wattsup.mlflow_layer.agreement import agreement, log_result
+    from mlflow_wattsup.mlflow_layer.agreement import STATS_TAG, agreement, log_result
 
     try:
         result = agreement(args.subject_dir, args.reference_dir, not args.no_dice)
@@ -82,8 +82,8 @@ def main(args) -> int:
         raise UsageError(str(exc)) from None
     if not result.metrics:
         raise UsageError(
-            f"{args.subject_dir}: no stats to log ({result.tags['wattsup.stats.volume']}; "
-            f"{result.tags['wattsup.stats.thickness']})"
+            f"{args.subject_dir}: no stats to log ({result.tags[STATS_TAG.format(measure='volume')]}; "
+            f"{result.tags[STATS_TAG.format(measure='thickness')]})"
         )
     lines = [f"{k}: {v}" for k, v in sorted(result.tags.items())]
     for measure, c in result.comparisons.items():

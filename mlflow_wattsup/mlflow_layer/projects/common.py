@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mlflow_wattsup.mlflow_layer import keys
 from mlflow_wattsup.mlflow_layer.projects.params import float_param, is_none
 
 
@@ -107,5 +108,5 @@ def score(sink, seg: Path, reference: Path, fn: Callable) -> str | None:
             return None
         except DiceInputError as exc:
             msg = str(exc)
-    sink.set_tags({"wattsup.warning.dice": msg})
+    sink.set_tags({keys.warning_tag("dice"): msg})
     return msg

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from mlflow_wattsup.mlflow_layer import keys
 from mlflow_wattsup.mlflow_layer.report.model import DEFAULT_GROUP_BY, Cell, Report, RunRow
 from mlflow_wattsup.mlflow_layer.report.whatif import WhatIf
 
@@ -41,11 +42,11 @@ def columns(runtime_unit: str = "h") -> list[Column]:
         Column(
             "runtime",
             f"Runtime ({'hrs' if runtime_unit == 'h' else runtime_unit})",
-            ("duration_s",),
+            (keys.DURATION_S,),
             RUNTIME_UNITS[runtime_unit],
         ),
-        Column("energy", "Energy (Wh)", ("energy_kwh",), 1000.0),
-        Column("carbon", "Carbon (g)", ("carbon_g",)),
+        Column("energy", "Energy (Wh)", (keys.ENERGY_KWH,), 1000.0),
+        Column("carbon", "Carbon (g)", (keys.CARBON_G,)),
         Column("dice", "Dice", ("dice_mean",)),
         Column("params", "Params", ("params",), big=True),
         # the run's compute: training runs log 3 x forward x samples, inference the passes counted
@@ -54,7 +55,7 @@ def columns(runtime_unit: str = "h") -> list[Column]:
 
 
 #: the metrics the columns read (and what-if carbon's ``energy_kwh``): all a fetch needs to ask for
-NEEDED_METRICS = tuple(dict.fromkeys(["energy_kwh", *(m for c in columns() for m in c.metrics)]))
+NEEDED_METRICS = tuple(dict.fromkeys([keys.ENERGY_KWH, *(m for c in columns() for m in c.metrics)]))
 
 
 def group(
@@ -77,7 +78,7 @@ def cell(runs: Sequence[RunRow], col: Column, what_if: WhatIf | None = None) -> 
     (a run without energy then has no value)."""
     if col.key == "carbon" and what_if is not None:
         return Cell(
-            tuple(what_if.carbon_g(r.metrics["energy_kwh"]) for r in runs if "energy_kwh" in r.metrics)
+            tuple(what_if.carbon_g(r.metrics[keys.ENERGY_KWH]) for r in runs if keys.ENERGY_KWH in r.metrics)
         )
     return Cell(tuple(v for r in runs if (v := col.value(r)) is not None))
 

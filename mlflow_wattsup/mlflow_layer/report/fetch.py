@@ -8,13 +8,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from mlflow_wattsup.mlflow_layer import keys
 from mlflow_wattsup.mlflow_layer.report.aggregate import NEEDED_METRICS
 from mlflow_wattsup.mlflow_layer.report.model import TAG_PREFIX, RunRow
 from mlflow_wattsup.mlflow_layer.report.whatif import INTENSITY_PARAM
 
 #: the params the report reads (``fetch_runs`` asks only for these, the metrics of NEEDED_METRICS
 #: and the tags starting with TAG_PREFIX)
-NEEDED_PARAMS = ("wattsup.pue", INTENSITY_PARAM)
+NEEDED_PARAMS = (keys.PUE, INTENSITY_PARAM)
 
 
 def rows_from_dataframe(df) -> list[RunRow]:

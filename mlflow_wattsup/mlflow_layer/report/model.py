@@ -8,25 +8,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from mlflow_wattsup.mlflow_layer import keys
 from mlflow_wattsup.mlflow_layer.report import render as _render
 
 if TYPE_CHECKING:
     from mlflow_wattsup.mlflow_layer.report.aggregate import Column
 
 DEFAULT_GROUP_BY = ("pipeline", "device")
-TAG_PREFIX = "wattsup."  # pipeline, device, source.* ... (the SQL read filters on the same prefix)
+TAG_PREFIX = keys.PREFIX  # pipeline, device, source.* ... (the SQL read filters on the same prefix)
 
 
 def energy_basis(tags: Mapping[str, str]) -> str:
     """How a run's energy was obtained, from its ``wattsup.source.{cpu,gpu,ram}`` tags:
     ``imported`` (another tracker's number), ``estimated`` (CPU from the power model),
     ``partly estimated`` (GPU or RAM only) or ``measured``."""
-    cpu = tags.get(f"{TAG_PREFIX}source.cpu", "")
+    cpu = tags.get(f"{keys.SOURCE_PREFIX}cpu", "")
     if cpu.startswith("import"):
         return "imported"
     if "estimate" in cpu:
         return "estimated"
-    if any("estimate" in tags.get(f"{TAG_PREFIX}source.{c}", "") for c in ("gpu", "ram")):
+    if any("estimate" in tags.get(f"{keys.SOURCE_PREFIX}{c}", "") for c in ("gpu", "ram")):
         return "partly estimated"
     return "measured"
 

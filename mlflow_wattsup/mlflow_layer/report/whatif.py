@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mlflow_wattsup.analysis.carbon import carbon_g, lookup_region, parse_number
+from mlflow_wattsup.mlflow_layer import keys
 
 if TYPE_CHECKING:
     from mlflow_wattsup.mlflow_layer.report.model import RunRow
 
 #: the param a run logs its carbon intensity under (g/kWh)
-INTENSITY_PARAM = "wattsup.carbon_intensity_g_per_kwh"
+INTENSITY_PARAM = keys.CARBON_INTENSITY
 
 
 @dataclass(frozen=True)
