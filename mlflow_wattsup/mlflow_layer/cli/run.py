@@ -199,20 +199,15 @@ class _RunSetup:
             print(f"wattsup run: error: {exc}; logging to a new run instead", file=sys.stderr)
             return TrackedRun(join_active=False, **{**kw, "run_id": None})
 
-    def _attach(self) -> None:
+    def _attach(self, buffer=None) -> None:
         from mlflow_wattsup.mlflow_layer.keys import COMMAND
-        from mlflow_wattsup.mlflow_layer.lifecycle import command_tag, say
+        from mlflow_wattsup.mlflow_layer.lifecycle import command_tag
 
         self.run = self._open()
-        if not self.args.quiet:
-            say([*self.tracker.notes, self.carbon.intensity.warning])
-        self.run.record(
-            self.tracker, self.carbon, {COMMAND: command_tag(self.cmd), **self.tags}, buffer=self.buffer
-        )
+        self.run.record(self.tracker, self.carbon, {COMMAND: command_tag(self.cmd), **self.tags}, buffer=buffer)
 
     def run_now(self) -> None:
-        self.tracker.add_callback(self.buffer)
-        self.tracker.start()
+        """Create the run, then start the tracker (the run's clock starts with the command)."""
         self._attach()
 
     def start_in_background(self) -> None:
