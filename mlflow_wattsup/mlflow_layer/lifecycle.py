@@ -110,6 +110,7 @@ class TrackedRun:
         run_id, source = self._which(run_id, join_active)
         self.created = False  # we created (or will create) the run, so we end it
         create = None
+        answered = False
         try:
             if fluent and source in ("new", "env") and self.store.reachable():
                 run_id = self._start_fluent(source, experiment, run_name, tags)
@@ -125,13 +126,20 @@ class TrackedRun:
                 run_id = self.store.create_run(create)
                 create = None
                 self.created = True
+            answered = True
         except Exception as exc:
             if not unreachable(exc):
                 raise
             self._say_unreachable(exc)
             self.created = run_id is None
         self.sink = MlflowSink(
-            run_id, self.client, create=create, flush_interval_s=flush_interval_s, store=self.store, echo=echo
+            run_id,
+            self.client,
+            create=create,
+            flush_interval_s=flush_interval_s,
+            store=self.store,
+            echo=echo,
+            store_answered=answered,
         )
 
     def _start_fluent(self, source: str, experiment: str | None, run_name: str | None, tags) -> str:

@@ -87,6 +87,7 @@ class MlflowSink:
         echo: Any = sys.stderr,
         http_timeout_s: float = HTTP_TIMEOUT_S,
         store: Store | None = None,
+        store_answered: bool = False,
     ):
         if run_id is None and create is None:
             raise ValueError("give a run_id or what to create")
@@ -104,7 +105,7 @@ class MlflowSink:
         self._write_lock = threading.Lock()
         self._queue: list[tuple[str, Any]] = []  # ("metric"|"param"|"tag"|"status", entity) in order
         self._spool = SpoolFile(spool_dir(), run_id) if spool else None
-        self._answered = False  # the store took a write during this job
+        self._answered = store_answered  # the store answered during this job (so it may come back)
         self._spooled = 0  # queued entities already appended to the spool file
         self._known_params: dict[str, str] | None = None
         self._failures = 0
