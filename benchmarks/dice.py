@@ -54,7 +54,8 @@ def main() -> int:
 
     ok = True
     print(
-        f"{'dtype':<6} {'labels':>6} {'ours s':>8} {'sitk s':>8} {'ratio':>6} {'ours MB':>8} {'max |diff|':>11}"
+        f"{'dtype':<6} {'labels':>6} {'ours s':>8} {'sitk s':>8} {'ratio':>6} {'ours MB':>8} "
+        f"{'max |diff|':>11}"
     )
     for dtype in (np.uint8, np.int16, np.int32):
         pred, ref, ids = volumes(args.size, dtype)
@@ -81,11 +82,13 @@ def main() -> int:
         ratio = min(ours) / min(theirs)
         ok &= ratio <= 1.0 and peak < 200e6 and diff <= 1e-9 and same_labels
         print(
-            f"{np.dtype(dtype).name:<6} {len(res.scores):>6} {min(ours):8.3f} {min(theirs):8.3f} {ratio:6.2f} "
+            f"{np.dtype(dtype).name:<6} {len(res.scores):>6} {min(ours):8.3f} {min(theirs):8.3f} "
+            f"{ratio:6.2f} "
             f"{peak / 1e6:8.1f} {diff:11.2e}{'' if same_labels else '  LABELS DIFFER'}"
         )
     print(
-        f"SimpleITK {sitk.Version.VersionString()}, ITK threads {sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}"
+        f"SimpleITK {sitk.Version.VersionString()}, ITK threads "
+        f"{sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}"
     )
     print("PASS" if ok else "MISS")
     return 0 if ok else 1

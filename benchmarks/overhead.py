@@ -145,7 +145,8 @@ def main() -> int:
     own_pct = statistics.fmean(own) * 100
     ss = statistics.median(start_stop)
     print(
-        f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, job {mu:.2f} s x {args.pairs} pairs"
+        f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, job {mu:.2f} s x {args.pairs} "
+        "pairs"
     )
     print(f"untracked wall s: {' '.join(f'{x:.3f}' for x in wall['untracked'])}")
     print(f"tracked   wall s: {' '.join(f'{x:.3f}' for x in wall['tracked'])}")
@@ -154,7 +155,8 @@ def main() -> int:
         f"(run-to-run noise of the untracked job here: {noise * 100:.1f}% sd)"
     )
     print(
-        f"CPU of our own threads (sampler + writer) / job CPU: {own_pct:.3f}% (mean of {len(own)} tracked runs; "
+        f"CPU of our own threads (sampler + writer) / job CPU: {own_pct:.3f}% (mean of {len(own)} tracked "
+        "runs; "
         "measured per thread, immune to the machine's noise)"
     )
     print(

@@ -120,7 +120,8 @@ def write_aseg_stats(path: Path, volumes: dict[str, float] | None = None, measur
         "# cmdline mri_segstats --seed 1234 --seg mri/aseg.mgz --sum stats/aseg.stats --pv mri/norm.mgz "
         "--empty --brainmask mri/brainmask.mgz --brain-vol-from-seg --excludeid 0 --excl-ctxgmwm --supratent "
         "--subcortgray --in mri/norm.mgz --in-intensity-name norm --in-intensity-units MR --etiv "
-        "--surf-wm-vol --surf-ctx-vol --totalgray --euler --ctab /usr/local/freesurfer/7.4.1/ASegStatsLUT.txt "
+        "--surf-wm-vol --surf-ctx-vol --totalgray --euler --ctab "
+        "/usr/local/freesurfer/7.4.1/ASegStatsLUT.txt "
         "--subject sub-01 ",
         "# sysname  Linux",
         "# hostname node1",
@@ -171,8 +172,10 @@ def write_fastsurfer_segstats(
         "#",
         "# generating_program segstats.py",
         "# FastSurfer_version 2.4.2",
-        "# cmdline /fastsurfer/FastSurferCNN/segstats.py --segfile /data/sub-01/mri/aparc.DKTatlas+aseg.deep.mgz "
-        "--segstatsfile /data/sub-01/stats/aseg+DKT.stats --normfile /data/sub-01/mri/orig_nu.mgz --empty --excludeid 0",
+        "# cmdline /fastsurfer/FastSurferCNN/segstats.py --segfile "
+        "/data/sub-01/mri/aparc.DKTatlas+aseg.deep.mgz "
+        "--segstatsfile /data/sub-01/stats/aseg+DKT.stats --normfile /data/sub-01/mri/orig_nu.mgz --empty "
+        "--excludeid 0",
         "# sysname  Linux",
         "# hostname node1",
         "# machine  x86_64",
@@ -234,7 +237,8 @@ def write_parc_stats(path: Path, hemi: str, thickness: dict[str, float], mapped:
         f"# Measure Cortex, MeanThickness, Mean Thickness, {mean_th:.5f}, mm",
         "# BrainVolStatsFixed see surfer.nmr.mgh.harvard.edu/fswiki/BrainVolStatsFixed",
         "# Measure BrainSeg, BrainSegVol, Brain Segmentation Volume, 1118981.573888, mm^3",
-        "# Measure EstimatedTotalIntraCranialVol, eTIV, Estimated Total Intracranial Volume, 1464199.032007, mm^3",
+        "# Measure EstimatedTotalIntraCranialVol, eTIV, Estimated Total Intracranial Volume, "
+        "1464199.032007, mm^3",
         "# NTableCols 10",
     ]
     lines += _table_cols(

@@ -197,7 +197,8 @@ def test_study_of_five_subjects_differences_r_and_icc_by_hand(tmp_path, client, 
             == f"{len(compared)} structures: stats/aseg.stats vs reference stats/aseg.stats"
         )
         assert t["wattsup.agree.thickness"].startswith(
-            "62 regions: stats/lh.aparc.DKTatlas.mapped.stats, stats/rh.aparc.DKTatlas.mapped.stats vs reference "
+            "62 regions: stats/lh.aparc.DKTatlas.mapped.stats, stats/rh.aparc.DKTatlas.mapped.stats vs "
+            "reference "
             "stats/lh.aparc.DKTatlas.stats"
         ) != (s == MISSING[0])
         assert t["wattsup.agree.reference"] == str(dirs[s][1].resolve())

@@ -70,7 +70,10 @@ def test_ram_model():
 
 
 def test_parse_cpuinfo_two_sockets():
-    block = "processor\t: {i}\nmodel name\t: Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz\nphysical id\t: {s}\nsiblings\t: 40\nflags\t\t: fpu sse\n\n"
+    block = (
+        "processor\t: {i}\nmodel name\t: Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz\n"
+        "physical id\t: {s}\nsiblings\t: 40\nflags\t\t: fpu sse\n\n"
+    )
     text = "".join(block.format(i=i, s=i // 40) for i in range(80))
     info = parse_cpuinfo(text)
     assert (info.logical_cpus, info.sockets, info.threads_per_socket, info.virtual) == (80, 2, 40, False)

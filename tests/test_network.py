@@ -36,7 +36,10 @@ def run(cmd, env, cwd=None, timeout=300):
 
 def test_guard_itself_blocks_and_records(tmp_path):
     env, log = guarded_env(tmp_path)
-    code = "import urllib.request\ntry:\n    urllib.request.urlopen('http://example.com', timeout=2)\nexcept OSError as e:\n    print('blocked', e)"
+    code = (
+        "import urllib.request\ntry:\n    urllib.request.urlopen('http://example.com', timeout=2)\n"
+        "except OSError as e:\n    print('blocked', e)"
+    )
     r = run([sys.executable, "-c", code], env)
     assert "blocked" in r.stdout and "resolve example.com" in log.read_text()
 

@@ -56,7 +56,8 @@ def test_epochs_outside_block_and_bad_values():
 def test_cli_epoch_regex(tracking_uri, client, experiment):
     code = (
         "import time\nfor e in range(3):\n    t = time.process_time()\n"
-        "    while time.process_time() - t < 0.3: pass\n    print(f'Epoch [{e + 1}/3] loss 0.1', flush=True)\n"
+        "    while time.process_time() - t < 0.3: pass\n    print(f'Epoch [{e + 1}/3] loss 0.1', "
+        "flush=True)\n"
     )
     r = wattsup(
         "run",

@@ -257,7 +257,8 @@ class AgreementTable:
             s = self.summary(m)
             if s["regions_n"]:
                 out.append(
-                    f"{m}: {s['regions_n']} {'structures' if m == 'volume' else 'regions'}, median r {_fmt(s['r_median'])}, "
+                    f"{m}: {s['regions_n']} {'structures' if m == 'volume' else 'regions'}, median r "
+                    f"{_fmt(s['r_median'])}, "
                     f"median ICC {_fmt(s['icc_median'])}, lowest ICC {_fmt(s['icc_min'])}"
                 )
         if self.unpaired:

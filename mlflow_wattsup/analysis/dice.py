@@ -325,7 +325,8 @@ def check_same_grid(a: LabelVolume, b: LabelVolume) -> None:
     """One-line error naming both files when shapes or affines differ (we never resample)."""
     if a.data.shape != b.data.shape:
         raise DiceInputError(
-            f"{a.path} is {'x'.join(map(str, a.data.shape))} but {b.path} is {'x'.join(map(str, b.data.shape))}: "
+            f"{a.path} is {'x'.join(map(str, a.data.shape))} but {b.path} is "
+            f"{'x'.join(map(str, b.data.shape))}: "
             "resample one onto the other's grid first (e.g. mri_vol2vol --regheader), we never resample"
         )
     diff = float(np.max(np.abs(a.affine - b.affine)))

@@ -117,31 +117,40 @@ def normalise_cpu_name(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _tdp_table() -> dict[str, tuple[str, float]]:
+def _tdp_rows() -> tuple[tuple[str, str, float], ...]:
+    """CodeCarbon's CPU table as (name, lower-case name, TDP in W), in file order."""
     base = codecarbon_data_dir()
     if base is None:
-        return {}
-    path = base / "hardware" / "cpu_power.csv"
-    table: dict[str, tuple[str, float]] = {}
+        return ()
+    rows = []
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open(base / "hardware" / "cpu_power.csv", newline="", encoding="utf-8-sig") as f:
             for row in csv.DictReader(f):
                 try:
-                    tdp = float(row["TDP"])
-                except (KeyError, TypeError, ValueError):
+                    rows.append((row["Name"], row["Name"].lower(), float(row["TDP"])))
+                except (KeyError, TypeError, ValueError, AttributeError):
                     continue
-                table.setdefault(normalise_cpu_name(row["Name"]), (row["Name"], tdp))
     except OSError:
-        return {}
-    return table
+        return ()
+    return tuple(rows)
 
 
 def lookup_tdp(model: str) -> tuple[str, float] | None:
-    """(table name, TDP in W) for an exact match of the normalised CPU name, else None.
+    """(table name, TDP in W) of the first table row whose normalised name equals ``model``'s,
+    else None.
 
-    No fuzzy matching: a wrong match would be a confident wrong number.
+    No fuzzy matching: a wrong match would be a confident wrong number. Normalising only deletes
+    text, so a row can match only if every word of the normalised model occurs in it: rows
+    without them are skipped unnormalised (the lookup runs before a wrapped command starts).
     """
-    return _tdp_table().get(normalise_cpu_name(model))
+    target = normalise_cpu_name(model)
+    words = target.split()
+    if not words:
+        return None
+    for name, lower, tdp in _tdp_rows():
+        if all(w in lower for w in words) and normalise_cpu_name(name) == target:
+            return name, tdp
+    return None
 
 
 def _env_float(name: str) -> float | None:

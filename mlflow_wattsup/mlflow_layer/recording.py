@@ -119,8 +119,10 @@ def summary_text(
         return f"{wh(j):.4g} Wh"
 
     lines = [
-        f"wattsup: {status} in {fmt_duration(totals.duration_s)} ({totals.duration_s:.1f} s), exit code {exit_code}",
-        f"  energy  {fmt_wh(e.total_j)}: CPU {fmt_wh(e.cpu_j)} [{src.cpu}], GPU {fmt_wh(e.gpu_j)} [{src.gpu}], "
+        f"wattsup: {status} in {fmt_duration(totals.duration_s)} ({totals.duration_s:.1f} s), exit code "
+        f"{exit_code}",
+        f"  energy  {fmt_wh(e.total_j)}: CPU {fmt_wh(e.cpu_j)} [{src.cpu}], GPU {fmt_wh(e.gpu_j)} "
+        f"[{src.gpu}], "
         f"RAM {fmt_wh(e.ram_j)} [{src.ram}]; whole machine {fmt_wh(totals.machine_energy.total_j)}",
         f"  carbon  {carbon.carbon_g(e.total_j):.4g} g CO2eq at {carbon.intensity.g_per_kwh:.4g} g/kWh "
         f"({carbon.intensity.region or 'no region'}: {carbon.intensity.source}), PUE {carbon.pue:g}",

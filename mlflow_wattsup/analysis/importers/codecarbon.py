@@ -64,7 +64,8 @@ def read_csv(path: str | Path) -> tuple[list[ImportedRun], list[str]]:
         )
         if end is None or dur is None or kg is None or kwh is None:
             notes.append(
-                f"{path.name} line {i}: missing or invalid timestamp/duration/emissions/energy_consumed, skipped"
+                f"{path.name} line {i}: missing or invalid timestamp/duration/emissions/energy_consumed, "
+                "skipped"
             )
             continue
         pue = _finite(r.get("pue")) or 1.0
@@ -96,7 +97,9 @@ def read_csv(path: str | Path) -> tuple[list[ImportedRun], list[str]]:
             tags={
                 "cpu_model": (r.get("cpu_model") or "unknown").strip(),
                 "gpus": (r.get("gpu_model") or "").strip() or "none",
-                "import.tool": f"codecarbon {r.get('codecarbon_version', '?')} ({r.get('tracking_mode', '?')} mode)",
+                "import.tool": (
+                    f"codecarbon {r.get('codecarbon_version', '?')} ({r.get('tracking_mode', '?')} mode)"
+                ),
                 "device": "gpu" if (_finite(r.get("gpu_energy")) or 0) > 0 else "cpu",
             },
             pue=pue,

@@ -75,9 +75,8 @@ class ImportedRun:
     intensity_g_per_kwh: float | None
     intensity_source: str
     region: str
-    tags: dict[str, str] = field(
-        default_factory=dict
-    )  # facts about the run (cpu_model, device, ...): unprefixed names, the MLflow layer gives them their keys
+    # facts about the run (cpu_model, device, ...), unprefixed: the MLflow layer gives them their keys
+    tags: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     samples: int = 0
     skipped: int = 0

@@ -4,8 +4,9 @@ A pickle names classes (``GLOBAL module name``) that plain ``pickle.load`` impor
 malicious or merely foreign file (experiment-impact-tracker's ``info.pkl`` holds shapely shapes
 and pkg_resources objects) runs code or fails. :func:`load` rebuilds only plain values -
 ``dict``, ``list``, ``tuple``, ``set``, ``str``, numbers, ``bytes`` (also protocol 2's
-latin-1 ``_codecs.encode`` form), ``datetime``/``date``/``timedelta``/``timezone`` - and turns every other class into an inert :class:`Opaque` record
-of its name and arguments. No module is imported, no foreign ``__reduce__``/``__setstate__`` runs.
+latin-1 ``_codecs.encode`` form), ``datetime``/``date``/``timedelta``/``timezone`` - and turns
+every other class into an inert :class:`Opaque` record of its name and arguments. No module is
+imported, no foreign ``__reduce__``/``__setstate__`` runs.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ def register(sub) -> None:
         "thickness (stats/?h.aparc.DKTatlas[.mapped].stats) to a run (--run-id, $MLFLOW_RUN_ID, or a new "
         "run in --experiment), and with REFERENCE_DIR (the other pipeline's output for the same subject) "
         "their differences per structure (run - reference), means and CSV tables, and Dice of the two "
-        "segmentations; what cannot be compared is said in wattsup.agree.* tags. Without SUBJECT_DIR: read the finished runs of "
+        "segmentations; what cannot be compared is said in wattsup.agree.* tags. Without SUBJECT_DIR: read "
+        "the finished runs of "
         "--experiment tagged wattsup.subject and wattsup.pipeline, pair them by subject and print per "
         "structure N, means, mean difference, Pearson r and ICC(2,1) of the first of --pipelines against "
         "the second.",

@@ -56,7 +56,8 @@ def main(args) -> int:
     for s in res.scores:
         vd = "" if s.volume_diff is None else f"{s.volume_diff:+8.1%}"
         print(
-            f"{s.label:>6}  {s.name:<36} {s.dice:7.4f} {s.volume_pred_mm3:11.1f} {s.volume_ref_mm3:11.1f} {vd:>8}"
+            f"{s.label:>6}  {s.name:<36} {s.dice:7.4f} {s.volume_pred_mm3:11.1f} {s.volume_ref_mm3:11.1f} "
+            f"{vd:>8}"
         )
     print(
         f"mean Dice {res.mean:.4f} over {len(res.scores)} labels"

@@ -82,7 +82,8 @@ def main(args) -> int:
         print(f"  {b} failed: {e}")
     if args.samples is not None:
         print(
-            f"train_flops_estimate {cost.train_flops_estimate(args.samples):.4g} (3 x forward FLOPs x {args.samples} samples)"
+            f"train_flops_estimate {cost.train_flops_estimate(args.samples):.4g} (3 x forward FLOPs x "
+            f"{args.samples} samples)"
         )
     if not args.no_log:
         from mlflow_wattsup.mlflow_layer.log import log_cost, target_run

@@ -11,8 +11,9 @@ def register(sub) -> None:
     imp = sub.add_parser(
         "import",
         help="turn experiment-impact-tracker or CodeCarbon logs into runs",
-        description="eit DIR...: experiment-impact-tracker folders (impacttracker/data.json + info.pkl, per-stage "
-        "CSVs) become runs with energy, carbon, power series and stages (energy as EIT computes it; info.pkl "
+        description="eit DIR...: experiment-impact-tracker folders (impacttracker/data.json + info.pkl, "
+        "per-stage CSVs) become runs with energy, carbon, power series and stages (energy as EIT computes "
+        "it; info.pkl "
         "is read without running pickled code). codecarbon FILE...: each emissions.csv row becomes a run. "
         "Importing the same data twice creates nothing new.",
     )
@@ -68,7 +69,8 @@ def main(args) -> int:
             kwh = (run.cpu_j + run.gpu_j + run.ram_j) / 3.6e6
             if created:
                 print(
-                    f"imported {run.name} -> run {run_id}: {run.duration_s / 3600:.3f} h, {kwh * 1000:.4g} Wh, "
+                    f"imported {run.name} -> run {run_id}: {run.duration_s / 3600:.3f} h, {kwh * 1000:.4g} "
+                    "Wh, "
                     f"{len(run.stages)} stage(s), {run.samples} sample(s)"
                 )
             else:
