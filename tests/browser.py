@@ -83,7 +83,11 @@ class Chromium:
         self.page("Page.enable")
         self.page("Runtime.enable")
         self.page(
-            "Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
         )
         if init_script:
             self.page("Page.addScriptToEvaluateOnNewDocument", source=init_script)
@@ -155,7 +159,9 @@ class Chromium:
                 return self.text()
             time.sleep(0.5)
         missing = [n for n in needles if n not in text]
-        raise BrowserError(f"not on the page after {timeout_s:.0f} s: {missing}; page text starts: {text[:600]!r}")
+        raise BrowserError(
+            f"not on the page after {timeout_s:.0f} s: {missing}; page text starts: {text[:600]!r}"
+        )
 
     def click_text(self, text: str, selector: str = "button, [role=tab], [role=radio], a, label") -> bool:
         """Click the first element matching ``selector`` whose text is ``text``; True if found."""
@@ -176,7 +182,8 @@ class Chromium:
             )
             h = min(int(h or self.height), max_height)
             params.update(
-                captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": self.width, "height": h, "scale": 1}
+                captureBeyondViewport=True,
+                clip={"x": 0, "y": 0, "width": self.width, "height": h, "scale": 1},
             )
         data = self.page("Page.captureScreenshot", **params)["data"]
         path = Path(path)

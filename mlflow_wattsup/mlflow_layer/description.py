@@ -419,7 +419,11 @@ def parent_markdown(experiment_id: str, kids: Sequence, table, title: str | None
     if title:
         lines += [f"{_md(title)}, per pipeline and device:", ""]
     lines += compact_table(table)
-    lines += ["", *(f"_{_md(n)}_  " for n in table.footnotes())]
+    notes = [
+        n.replace("cells: mean (sd) over N runs; N/A:", "cells: mean over N runs, ± sd when N > 1; n/a:")
+        for n in table.footnotes()
+    ]
+    lines += ["", *(f"_{_md(n)}_  " for n in notes)]
     links = [
         f"[{_md(r.info.run_name or r.info.run_id[:8])}]({run_fragment(experiment_id, r.info.run_id)})"
         for r in kids

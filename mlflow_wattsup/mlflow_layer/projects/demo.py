@@ -106,6 +106,12 @@ def main(argv=None) -> int:
     from mlflow_wattsup.mlflow_layer.links import compare_url, ensure_runs_view, experiment_url, open_lines
     from mlflow_wattsup.mlflow_layer.report import build
 
+    if os.environ.get("MLFLOW_RUN_ID"):
+        # `mlflow run` started us in the project folder; an experiment we create keeps its
+        # artifacts where `mlflow run` keeps them (./mlruns of the folder it was started in)
+        from mlflow_wattsup.mlflow_layer.projects.params import launch_dir
+
+        os.chdir(launch_dir())
     # the steps' entry points run `python`: make it this interpreter's
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     client = MlflowClient()
@@ -138,19 +144,21 @@ def main(argv=None) -> int:
             parameters={**common, **params},
             experiment_id=exp_id,
             env_manager="local",
-            synchronous=False,
+            synchronous=True,  # (asynchronous runs go through a second `mlflow run` process)
             run_name=name,
         )
-        client.set_tag(sub.run_id, "mlflow.parentRunId", parent)  # nested while it runs
-        if not sub.wait():
-            raise mlflow.exceptions.ExecutionException(f"demo step {name!r} (run {sub.run_id}) failed")
+        client.set_tag(sub.run_id, "mlflow.parentRunId", parent)
         return sub.run_id
 
     status = "FAILED"
     try:
         step("classical", "classical: Gaussian mixture", resolution=res)
         train_id = step(
-            "train", f"FastSurferCNN train ({epochs} epochs)", epochs=epochs, resolution=res, device=device
+            "train",
+            f"FastSurferCNN train ({epochs} epoch{'s' if epochs > 1 else ''})",
+            epochs=epochs,
+            resolution=res,
+            device=device,
         )
         step(
             "infer", "FastSurferCNN infer", model_uri=f"runs:/{train_id}/model", resolution=res, device=device
