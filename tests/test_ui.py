@@ -324,3 +324,24 @@ def test_import_honours_mlflow_experiment_name_and_describes_runs(tmp_path, clie
         env={"MLFLOW_EXPERIMENT_NAME": experiment},
     )
     assert other.returncode == 0 and client.get_experiment_by_name(experiment + "-2") is not None
+
+
+# -- the demo's experiment ------------------------------------------------------------------------
+
+
+def test_demo_launched_into_default_moves_to_its_own_experiment(client, tracking_uri):
+    from mlflow_wattsup.mlflow_layer.projects import demo
+
+    launcher = client.create_run("0", run_name="painted-bear-903").info.run_id  # what `mlflow run .` makes
+    exp_id, parent, ours = demo.parent_run(client, launcher, "demo: t", {"epochs": "1"})
+    assert ours and exp_id != "0" and client.get_experiment(exp_id).name == demo.EXPERIMENT
+    run = client.get_run(parent)
+    assert run.info.run_name == "demo: t" and run.data.tags["wattsup.pipeline"] == "demo"
+    assert run.data.params == {"epochs": "1"}
+    moved = client.get_run(launcher)
+    assert moved.info.run_name == f"demo launcher (runs in {demo.EXPERIMENT})"
+    assert links.run_fragment(exp_id, parent) in moved.data.tags[description.NOTE_TAG]
+    # launched with --experiment-name: that run is the parent, renamed for what it is
+    named = client.create_run(client.create_experiment("chosen"), run_name="random-name-1").info.run_id
+    assert demo.parent_run(client, named, "demo: t", {})[1:] == (named, False)
+    assert client.get_run(named).info.run_name == "demo: t"
