@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from mlflow_wattsup.mlflow_layer.cli.common import UsageError
@@ -19,7 +20,10 @@ def register(sub) -> None:
     )
     imp.add_argument("tool", choices=["eit", "codecarbon"])
     imp.add_argument("paths", nargs="+", metavar="PATH")
-    imp.add_argument("--experiment", help="default: eit-import / codecarbon-import")
+    imp.add_argument(
+        "--experiment",
+        help="default: $MLFLOW_EXPERIMENT_ID / $MLFLOW_EXPERIMENT_NAME, else eit-import / codecarbon-import",
+    )
     imp.add_argument(
         "--pue", help="PUE for carbon (EIT default 1.58, EIT's own default; CodeCarbon: the row's)"
     )
@@ -37,8 +41,10 @@ def main(args) -> int:
     from mlflow_wattsup.analysis.carbon import parse_number
     from mlflow_wattsup.analysis.importers.codecarbon import CodeCarbonError, read_csv
     from mlflow_wattsup.analysis.importers.eit import EIT_DEFAULT_PUE, EitError, read_folder
+    from mlflow_wattsup.mlflow_layer.description import describe_or_warn
     from mlflow_wattsup.mlflow_layer.importing import write
     from mlflow_wattsup.mlflow_layer.lifecycle import ensure_experiment
+    from mlflow_wattsup.mlflow_layer.links import ensure_runs_view, open_lines
     from mlflow_wattsup.mlflow_layer.sink.transport import Store
 
     pue = None
@@ -50,7 +56,11 @@ def main(args) -> int:
     elif args.tool == "eit":
         pue = EIT_DEFAULT_PUE
     client = MlflowClient(args.tracking_uri)
-    exp_id = ensure_experiment(Store(client), args.experiment or f"{args.tool}-import")
+    from_env = os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    # --experiment, else MLflow's convention (the environment), as `wattsup run` and `mlflow run`
+    exp_id = ensure_experiment(
+        Store(client), args.experiment or (None if from_env else f"{args.tool}-import")
+    )
     failed = 0
     for path in args.paths:
         try:
@@ -68,6 +78,7 @@ def main(args) -> int:
             run_id, created = write(run, client, exp_id, pue, args.pipeline, args.device)
             kwh = (run.cpu_j + run.gpu_j + run.ram_j) / 3.6e6
             if created:
+                describe_or_warn(client, run_id, "wattsup import")
                 print(
                     f"imported {run.name} -> run {run_id}: {run.duration_s / 3600:.3f} h, {kwh * 1000:.4g} "
                     "Wh, "
@@ -77,4 +88,8 @@ def main(args) -> int:
                 print(f"skipped {run.name}: already imported as run {run_id}")
             for note in run.notes:
                 print(f"  note: {note}")
+    if len(args.paths) > failed:
+        ensure_runs_view(client, exp_id)
+        for line in open_lines(client.tracking_uri, exp_id, view=True):
+            print(line)
     return 2 if failed else 0

@@ -65,13 +65,57 @@ def _track(args, name: str, pipeline: str, device: str, **extra_tags):
 
     tags = {"wattsup.pipeline": pipeline, "wattsup.device": device, **extra_tags}
     return mlflow_wattsup.track(
-        name,
+        # under `mlflow run` the run exists and keeps its name (the demo names its steps)
+        None if os.environ.get("MLFLOW_RUN_ID") else name,
         experiment=args.experiment,
         region=None if is_none(args.region) else args.region,
         carbon_intensity=None if is_none(args.carbon_intensity) else args.carbon_intensity,
         pue=None if is_none(args.pue) else args.pue,
         tags=tags,
     )
+
+
+def _log_inputs(t, images) -> None:
+    """The images the run read, as MLflow dataset inputs (a failure is a warning, not an error)."""
+    if t.run_id is None:  # store unreachable: the run is created later from the spool
+        return
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_wattsup.mlflow_layer.datasets import log_images
+
+    try:
+        log_images(MlflowClient(), t.run_id, images)
+    except Exception as exc:
+        print(f"segmentation: dataset inputs not logged ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+
+def _tissue_inputs(data, training: bool = False):
+    """nilearn's MNI152 2009 T1 and the tissue reference, digests of the voxels as processed."""
+    from nilearn.datasets.struct import GM_MNI152_FILE_PATH, MNI152_FILE_PATH
+
+    from mlflow_wattsup.mlflow_layer.datasets import image_array
+
+    name = f"mni152-2009-{data.resolution_mm}mm"
+    return [
+        image_array(name, MNI152_FILE_PATH, [data.t1], "training" if training else "evaluation"),
+        image_array(f"{name}-tissue", GM_MNI152_FILE_PATH, [data.labels], "reference"),
+    ]
+
+
+def _describe(t) -> None:
+    """The run's description (Overview page), once everything is logged."""
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_wattsup.mlflow_layer.description import describe_or_warn
+
+    client = MlflowClient()
+    if describe_or_warn(client, t.run_id, "segmentation"):
+        from mlflow_wattsup.mlflow_layer.links import ensure_runs_view
+
+        try:
+            ensure_runs_view(client, client.get_run(t.run_id).info.experiment_id)
+        except Exception as exc:  # a view is a convenience: never a reason to fail the run
+            print(f"segmentation: runs-table view not saved ({type(exc).__name__}: {exc})", file=sys.stderr)
 
 
 def _tissue_dice(pred, data):
@@ -133,6 +177,22 @@ def train(argv) -> int:
     seed = int_param("seed", args.seed, 0)
     device = _device(args.device)
 
+    import torch
+
+    torch.manual_seed(seed)
+    dev = torch.device("cuda" if device == "gpu" else "cpu")
+    tracked = _track(
+        args, "train", "fastsurfercnn-train", device, **{"wattsup.dataset": f"mni152-2009-{res}mm"}
+    )
+    try:
+        run_id = _train(tracked, epochs, res, batch, lr, filters, context, dev)
+    finally:
+        _describe(tracked)
+    print(f"model: runs:/{run_id}/model")
+    return 0
+
+
+def _train(tracked, epochs, res, batch, lr, filters, context, dev) -> str:
     import mlflow
     import mlflow.pytorch
     import torch
@@ -140,12 +200,9 @@ def train(argv) -> int:
     from mlflow_wattsup.analysis.models.fastsurfer_cnn import FastSurferCNN
     from mlflow_wattsup.analysis.pipelines.tissue import load_tissue, padded_labels, slabs
 
-    torch.manual_seed(seed)
-    dev = torch.device("cuda" if device == "gpu" else "cpu")
-    with _track(
-        args, "train", "fastsurfercnn-train", device, **{"wattsup.dataset": f"mni152-2009-{res}mm"}
-    ) as t:
+    with tracked as t:
         data = load_tissue(res)
+        _log_inputs(t, _tissue_inputs(data, training=True))
         x = torch.from_numpy(slabs(data.t1, data.left, context, 8))
         y = torch.from_numpy(padded_labels(data.labels, data.left, 8))
         model = FastSurferCNN(
@@ -198,9 +255,7 @@ def train(argv) -> int:
             serialization_format="pt2",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "mlflow-wattsup"],
         )
-        run_id = t.run_id
-    print(f"model: runs:/{run_id}/model")
-    return 0
+    return tracked.run_id
 
 
 # -- infer --------------------------------------------------------------------------------------
@@ -234,20 +289,25 @@ def infer(argv) -> int:
             f"model_uri={args.model_uri}: cannot load an MLflow PyTorch model ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''})"
         ) from None
-    with _track(
+    tracked = _track(
         args,
         "infer",
         "fastsurfercnn-infer",
         device,
         **{"wattsup.dataset": f"mni152-2009-{res}mm", "wattsup.model_uri": args.model_uri},
-    ) as t:
-        data = load_tissue(res)
-        start = time.perf_counter()
-        with t.stage("inference"):
-            pred, shape = _predict(model, data, context, dev)
-        mlflow.log_metric("inference_s", time.perf_counter() - start)
-        t.log_model_cost(model, (1, *shape[1:]), passes=shape[0])  # one forward pass per sagittal slice
-        t.log_dice(_tissue_dice(pred, data))
+    )
+    try:
+        with tracked as t:
+            data = load_tissue(res)
+            _log_inputs(t, _tissue_inputs(data))
+            start = time.perf_counter()
+            with t.stage("inference"):
+                pred, shape = _predict(model, data, context, dev)
+            mlflow.log_metric("inference_s", time.perf_counter() - start)
+            t.log_model_cost(model, (1, *shape[1:]), passes=shape[0])  # one forward pass per sagittal slice
+            t.log_dice(_tissue_dice(pred, data))
+    finally:
+        _describe(tracked)
     return 0
 
 
@@ -265,17 +325,22 @@ def classical(argv) -> int:
 
     from mlflow_wattsup.analysis.pipelines.tissue import gmm_segment, load_tissue
 
-    with _track(
+    tracked = _track(
         args,
         "classical",
         "gmm-classical",
         "cpu",
         **{"wattsup.dataset": f"mni152-2009-{res}mm", "wattsup.model_cost": "n/a: no neural network"},
-    ) as t:
-        data = load_tissue(res)
-        with t.stage("segmentation"):
-            pred = gmm_segment(data, seed)
-        t.log_dice(_tissue_dice(pred, data))
+    )
+    try:
+        with tracked as t:
+            data = load_tissue(res)
+            _log_inputs(t, _tissue_inputs(data))
+            with t.stage("segmentation"):
+                pred = gmm_segment(data, seed)
+            t.log_dice(_tissue_dice(pred, data))
+    finally:
+        _describe(tracked)
     return 0
 
 
@@ -300,6 +365,21 @@ def brain_extraction(argv) -> int:
         raise ParamError(
             "deepbet is not installed: pip install 'mlflow-wattsup[demo]' (or pip install deepbet)"
         ) from None
+    from mlflow_wattsup.mlflow_layer.datasets import image_file
+
+    colin = str(t1) == COLIN_T1
+    images = [image_file(t1, "input", "colin27-ch2" if colin else None)]
+    if ref is not None:
+        images.append(image_file(ref, "reference", "colin27-ch2bet" if str(ref) == COLIN_BRAIN else None))
+    tracked = _track(args, "brain_extraction", "deepbet", device, **{"wattsup.t1": str(t1)})
+    try:
+        _brain_extraction(tracked, BrainExtraction, t1, ref, device, images)
+    finally:
+        _describe(tracked)
+    return 0
+
+
+def _brain_extraction(tracked, BrainExtraction, t1, ref, device, images) -> None:
     import mlflow
     import nibabel as nib
     import numpy as np
@@ -307,7 +387,8 @@ def brain_extraction(argv) -> int:
     from mlflow_wattsup.analysis.dice import check_same_grid, dice, load_label_volume
     from mlflow_wattsup.analysis.flops import counting
 
-    with _track(args, "brain_extraction", "deepbet", device, **{"wattsup.t1": str(t1)}) as t:
+    with tracked as t:
+        _log_inputs(t, images)
         bet = BrainExtraction(no_gpu=device != "gpu")
         with counting() as c, t.stage("deepbet"):
             _, mask_img, tiv = bet.run(str(t1))
@@ -332,7 +413,6 @@ def brain_extraction(argv) -> int:
             t.log_dice(
                 dice(pred_vol.data > 0, ref_vol.data > 0, names={1: "brain"}, names_source="binary mask")
             )
-    return 0
 
 
 def _default(path: str, name: str):
