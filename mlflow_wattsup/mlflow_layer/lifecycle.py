@@ -229,9 +229,25 @@ class TrackedRun:
             if self.created:
                 self.sink.terminate(status)
             written = self.sink.close()
+            if written and (self.recording is None or self.recording.as_stage is None):
+                self._describe()
             if self._fluent:
                 self._end_fluent(status, written)
         return self.totals
+
+    def _describe(self) -> None:
+        """The run's description in words (never over a user's), and our saved runs-table view in
+        an experiment we created the run in; a failure here is one line, never an error."""
+        from mlflow_wattsup.mlflow_layer.description import describe_or_warn
+
+        describe_or_warn(self.client, self.run_id)
+        if self.created:
+            try:
+                from mlflow_wattsup.mlflow_layer.links import ensure_runs_view
+
+                ensure_runs_view(self.client, self.client.get_run(self.run_id).info.experiment_id)
+            except Exception:
+                pass  # a saved view is a convenience
 
     def _end_fluent(self, status: str, written: bool) -> None:
         """Pop the fluent run. Our sink already wrote (or spooled) its status; MLflow's end_run
@@ -260,8 +276,16 @@ class TrackedRun:
         return False
 
     def summary(self, carbon: CarbonConfig, exit_code: int, status: str) -> str:
+        """The printed summary: totals with their sources, and where to see the run in the UI."""
         from mlflow_wattsup.mlflow_layer.recording import summary_text
 
-        return summary_text(
-            self.run_id or "(not created yet: spooled)", self.uri, self.totals, carbon, exit_code, status
-        )
+        where = [f"run {self.run_id or '(not created yet: spooled)'} at {self.uri}"]
+        if self.run_id:
+            try:
+                from mlflow_wattsup.mlflow_layer.links import open_lines
+
+                exp_id = self.client.get_run(self.run_id).info.experiment_id
+                where = [f"run {self.run_id}", *open_lines(self.uri, exp_id, self.run_id)]
+            except Exception:
+                pass  # the store is away: the plain line
+        return summary_text(where, self.totals, carbon, exit_code, status)

@@ -109,9 +109,8 @@ def fmt_duration(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def summary_text(
-    run_id: str, uri: str, totals: Totals, carbon: CarbonConfig, exit_code: int, status: str
-) -> str:
+def summary_text(where: list[str], totals: Totals, carbon: CarbonConfig, exit_code: int, status: str) -> str:
+    """``where``: the lines saying which run and how to open it."""
     e = totals.energy
     src = totals.sources
 
@@ -127,7 +126,7 @@ def summary_text(
         f"  carbon  {carbon.carbon_g(e.total_j):.4g} g CO2eq at {carbon.intensity.g_per_kwh:.4g} g/kWh "
         f"({carbon.intensity.region or 'no region'}: {carbon.intensity.source}), PUE {carbon.pue:g}",
         f"  cpu time {totals.cpu_s:.1f} s; mean power {totals.power_mean_w:.1f} W",
-        f"  run {run_id} at {uri}",
+        *(f"  {line}" for line in where),
     ]
     lines += [f"  warning ({k}): {v}" for k, v in totals.warnings.items()]
     return "\n".join(lines)
