@@ -149,7 +149,9 @@ def test_combine_caps_a_host_at_its_machine_energy_and_fails_on_missing_or_faile
     assert job.status == "FAILED" and job.missing == (1, 2) and job.energy == Energy(1, 0, 0)
     job = combine([_rep(0, "a", 0, (1, 0, 0), (5, 0, 1)), _rep(1, "b", 0, (1, 0, 0), (5, 0, 1), "KILLED")], 2)
     assert job.status == "KILLED"
-    job = combine([_rep(0, "a", 0, (1, 0, 0), (5, 0, 1), "KILLED"), _rep(1, "b", 0, (1, 0, 0), (5, 0, 1), "FAILED")], 2)
+    job = combine(
+        [_rep(0, "a", 0, (1, 0, 0), (5, 0, 1), "KILLED"), _rep(1, "b", 0, (1, 0, 0), (5, 0, 1), "FAILED")], 2
+    )
     assert job.status == "FAILED"
 
 
@@ -225,8 +227,18 @@ def _start_agents(tmp_path, experiment, job, hosts, codes=(0, 0), extra=None):
         fakes.append(fake)
         env = {**os.environ, **_slurm_env(job, rank, len(hosts), rank, len(hosts), 0, host), **(extra or {})}
         cmd = [*WATTSUP, "run", "--experiment", experiment, "--interval", "0.2", "--quiet"]
-        cmd += ["--powercap-root", str(fake.root), "--", sys.executable, str(script), str(go), str(codes[rank])]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        cmd += [
+            "--powercap-root",
+            str(fake.root),
+            "--",
+            sys.executable,
+            str(script),
+            str(go),
+            str(codes[rank]),
+        ]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     return procs, fakes, go
 
 
@@ -265,6 +277,15 @@ def test_two_simulated_hosts_one_run_sum_per_host(tracking_uri, client, experime
     assert 0 < m["energy_cpu_kwh"] <= m["machine_energy_cpu_kwh"]
     hist = client.get_metric_history(r.info.run_id, "rank/1/power_w")
     assert hist, "agent 1's power series is in the run under its prefix"
+    assert "power_w" not in m
+    _all_documented(r)
+
+
+def _all_documented(run):
+    from test_contract import documented, undocumented
+
+    logged = {*run.data.metrics, *run.data.params, *run.data.tags}
+    assert undocumented(logged, documented()) == []
 
 
 def test_a_failed_rank_fails_the_run_and_a_dead_agent_is_named(tracking_uri, client, experiment, tmp_path):
@@ -354,7 +375,12 @@ def _torchrun(tmp_path, mode, experiment):
 @pytest.mark.slow
 def test_wattsup_run_torchrun_is_one_process_tree_and_one_run(tracking_uri, client, experiment, tmp_path):
     cmd = [*WATTSUP, "run", "--experiment", experiment, "--interval", "0.5", "--quiet", "--"]
-    p = subprocess.Popen(cmd + _torchrun(tmp_path, "plain", experiment), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        cmd + _torchrun(tmp_path, "plain", experiment),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     out = p.communicate(timeout=300)[0]
     assert p.returncode == 0, out
     workers = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -372,7 +398,9 @@ def test_wattsup_run_torchrun_is_one_process_tree_and_one_run(tracking_uri, clie
 @pytest.mark.slow
 def test_track_inside_ddp_one_agent_per_host_and_no_other_runs(tracking_uri, client, experiment, tmp_path):
     env = dict(os.environ, WATTSUP_DIST_REPORT_S="30")
-    p = subprocess.run(_torchrun(tmp_path, "track", experiment), env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        _torchrun(tmp_path, "track", experiment), env=env, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     workers = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert workers[1]["run_id"] is None  # rank 1 measured nothing and created no run
@@ -389,3 +417,5 @@ def test_track_inside_ddp_one_agent_per_host_and_no_other_runs(tracking_uri, cli
     assert m["cpu_time_s"] > max(w["block_cpu_s"] for w in workers) + 0.3
     assert m[f"host/{host}/energy_kwh"] == pytest.approx(m["energy_kwh"])
     assert "stage/burn/energy_kwh" in m
+    assert client.get_metric_history(r.info.run_id, f"host/{host}/power_w")
+    _all_documented(r)

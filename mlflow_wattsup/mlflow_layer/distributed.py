@@ -112,7 +112,10 @@ class JoinedRun(TrackedRun):
         self.prefix = keys.dist_prefix(mode, self.agent, ctx.host)
         self.job: JobTotals | None = None
         echo = kw.get("echo", sys.stderr)
-        tags = {**(kw.pop("tags", None) or {}), **keys.dist_tags(ctx.launcher, ctx.job_key, mode, self.agents)}
+        tags = {
+            **(kw.pop("tags", None) or {}),
+            **keys.dist_tags(ctx.launcher, ctx.job_key, mode, self.agents),
+        }
         explicit = run_id or self._given(kw.get("join_active", True))
         alone = None
         if not self.leader and explicit is None:
@@ -262,7 +265,11 @@ class JoinedRun(TrackedRun):
         else:
             sink.log_metrics(
                 keys.run_metrics(
-                    job.duration_s, job.energy, carbon, machine_energy=job.machine_energy, cpu_time_s=job.cpu_s
+                    job.duration_s,
+                    job.energy,
+                    carbon,
+                    machine_energy=job.machine_energy,
+                    cpu_time_s=job.cpu_s,
                 )
             )
             sink.log_metrics(stage_metrics(rec.tracker.stages, carbon))  # agent 0's own stages

@@ -205,7 +205,9 @@ class _RunSetup:
         from mlflow_wattsup.mlflow_layer.lifecycle import command_tag
 
         self.run = self._open()
-        self.run.record(self.tracker, self.carbon, {COMMAND: command_tag(self.cmd), **self.tags}, buffer=buffer)
+        self.run.record(
+            self.tracker, self.carbon, {COMMAND: command_tag(self.cmd), **self.tags}, buffer=buffer
+        )
 
     def run_now(self) -> None:
         """Create the run, then start the tracker (the run's clock starts with the command)."""
