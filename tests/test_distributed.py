@@ -61,6 +61,8 @@ def test_torchrun_environment():
     # a torchrun inside a SLURM task: the SLURM job is part of the key
     c = discover({**env, "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1"})
     assert c.launcher == "torchrun" and c.job_key == "slurm::77/torchrun:abc@n1:29500"
+    # an elastic restart is a new group of workers, so a new run (an old one may be left RUNNING)
+    assert discover({**env, "TORCHELASTIC_RESTART_COUNT": "1"}).job_key == "torchrun:abc@n1:29500#1"
 
 
 def test_slurm_step_and_batch_script():
@@ -92,6 +94,7 @@ def test_slurm_step_and_batch_script():
     assert discover(batch) is None  # the batch script itself is one process
     assert discover({**step, "SLURM_STEP_NUM_TASKS": "1"}) is None
     assert discover({**step, "WATTSUP_DISTRIBUTED": "0"}) is None
+    assert discover({**step, "SLURM_RESTART_COUNT": "2"}).job_key == "slurm:c:42.1#2"  # requeued
     assert discover({}) is None
 
 
@@ -311,6 +314,77 @@ def test_a_failed_rank_fails_the_run_and_a_dead_agent_is_named(tracking_uri, cli
     assert m["machine_energy_cpu_kwh"] == pytest.approx(_kwh(20), rel=1e-9)  # the hosts that reported
     client_runs = client.search_runs([r.info.experiment_id])
     assert len(client_runs) == 1
+
+
+TRACKED = (
+    "import os, sys, time\n"
+    "import mlflow_wattsup\n"
+    "go, out, experiment, root = sys.argv[1:5]\n"
+    "t = mlflow_wattsup.track('ddp', experiment=experiment, interval_s=0.2, powercap_root=root)\n"
+    "with t:\n"
+    "    while not os.path.exists(go): time.sleep(0.05)\n"
+    "    s = time.process_time()\n"
+    "    while time.process_time() - s < 0.2: pass\n"
+    "open(out, 'w').write(str(t.run_id))\n"
+)
+
+
+def test_track_on_two_simulated_hosts_joins_one_run(tracking_uri, client, experiment, tmp_path):
+    """track() in a two-node torchrun job (one rank per node, simulated by two processes with
+    torchrun's variables, their own host ids and fake powercap trees): host 1's agent joins host
+    0's run, each host's machine energy is counted once."""
+    script = tmp_path / "tracked.py"
+    script.write_text(TRACKED)
+    go, procs, fakes = tmp_path / "go", [], []
+    run_id = uuid.uuid4().hex
+    for node, host in enumerate(["hosta", "hostb"]):
+        fakes.append(_rapl(tmp_path / f"rapl-{host}"))
+        env = {
+            **os.environ,
+            "RANK": str(node),
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "1",
+            "GROUP_RANK": str(node),
+            "GROUP_WORLD_SIZE": "2",
+            "TORCHELASTIC_RUN_ID": run_id,
+            "MASTER_ADDR": "hosta",
+            "MASTER_PORT": "29500",
+            "WATTSUP_HOST_ID": host,
+            "WATTSUP_DIST_REPORT_S": "60",
+        }
+        args = [
+            sys.executable,
+            str(script),
+            str(go),
+            str(tmp_path / f"out{node}"),
+            experiment,
+            str(fakes[-1].root),
+        ]
+        # each under a shell of its own, as under two torchrun agents (the host agent measures its
+        # parent's children)
+        sh = ["sh", "-c", '"$@"; exit $?', "sh", *args]
+        procs.append(subprocess.Popen(sh, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    run = _job_run(client, experiment)
+    _wait_joined(client, run.info.run_id, 2, procs)
+    fakes[0].add("intel-rapl:0", 30_000_000)
+    fakes[1].add("intel-rapl:0", 50_000_000)
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert (tmp_path / "out0").read_text() == (tmp_path / "out1").read_text() == run.info.run_id
+    runs = client.search_runs([run.info.experiment_id])
+    assert len(runs) == 1
+    r = runs[0]
+    m, t = r.data.metrics, r.data.tags
+    assert r.info.status == "FINISHED" and t[keys.DIST_MODE] == "host" and t[keys.DIST_HOSTS] == "hosta,hostb"
+    assert t[keys.DIST_JOB] == f"torchrun:{run_id}@hosta:29500"
+    assert m["host/hosta/machine_energy_cpu_kwh"] == pytest.approx(_kwh(30), rel=1e-9)
+    assert m["host/hostb/machine_energy_cpu_kwh"] == pytest.approx(_kwh(50), rel=1e-9)
+    assert m["machine_energy_cpu_kwh"] == pytest.approx(_kwh(80), rel=1e-9)
+    assert m["energy_kwh"] == pytest.approx(m["host/hosta/energy_kwh"] + m["host/hostb/energy_kwh"])
+    assert m["host/hostb/cpu_time_s"] >= 0.2
+    _all_documented(r)
 
 
 # -- torchrun (gloo, CPU) ------------------------------------------------------------------------

@@ -65,7 +65,8 @@ def worst(*statuses: str) -> str:
 
 def find_job_run(client, job_key: str, experiment: str | None, timeout_s: float) -> str | None:
     """The id of the RUNNING run tagged ``wattsup.dist.job = job_key`` in the experiment a new
-    run would go to, polled until ``timeout_s``; None if it did not appear."""
+    run would go to (the newest, should an earlier attempt have left one RUNNING), polled until
+    ``timeout_s``; None if it did not appear."""
     want = experiment_wanted(experiment)
     quoted = job_key.replace("\\", "\\\\").replace("'", "\\'")
     flt = f"tags.`{keys.DIST_JOB}` = '{quoted}' and attributes.status = 'RUNNING'"
@@ -76,7 +77,7 @@ def find_job_run(client, job_key: str, experiment: str | None, timeout_s: float)
             exp = client.get_experiment_by_name(want["experiment_name"])
             exp_id = exp.experiment_id if exp is not None else None
         if exp_id is not None:
-            runs = client.search_runs([exp_id], flt, max_results=2, order_by=["attributes.start_time ASC"])
+            runs = client.search_runs([exp_id], flt, max_results=2, order_by=["attributes.start_time DESC"])
             if runs:
                 return runs[0].info.run_id
         if time.monotonic() >= deadline:
@@ -314,7 +315,9 @@ def tracked_run(*, mode: str = "rank", ctx: JobContext | None = None, **kw: Any)
     """The run a process logs to: a :class:`JoinedRun` when it is part of a distributed job
     (``ctx``, else discovered from the environment), else a plain :class:`TrackedRun`."""
     ctx = ctx if ctx is not None else discover()
-    if ctx is None:
+    if ctx is None or (mode == "host" and os.environ.get(keys.RUN_ENV)):
+        # an outer `wattsup run` (one per task under srun) owns the job's run: a tracked block
+        # inside is one of its stages, not an agent of its own
         return TrackedRun(**kw)
     return JoinedRun(ctx, mode, **kw)
 

@@ -120,6 +120,9 @@ def discover(environ: Mapping[str, str] | None = None) -> JobContext | None:
         key = f"torchrun:{run_id}@{where}" if run_id and run_id != "none" else None
         if key is None and env.get("MASTER_PORT"):
             key = f"torch:{where}"
+        restart = env.get("TORCHELASTIC_RESTART_COUNT")
+        if key and restart not in (None, "", "0"):
+            key += f"#{restart}"  # an elastic restart is a new group of workers: a new run
         if slurm_key and key:
             key = f"{slurm_key}/{key}"
         launcher = "torchrun"
@@ -155,6 +158,8 @@ def discover(environ: Mapping[str, str] | None = None) -> JobContext | None:
         return None
     if world <= 1:
         return None
+    if slurm_key and env.get("SLURM_RESTART_COUNT") not in (None, "", "0") and key:
+        key += f"#{env['SLURM_RESTART_COUNT']}"  # a requeued job runs again: a new run
     key = env.get(JOB_ENV) or key
     if not key:
         raise DistributedSetupError(
