@@ -6,6 +6,7 @@ Skips with the reason where the cluster cannot be started (not root, SLURM not i
 `.ci/run` installs it)."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -109,3 +110,58 @@ def test_srun_two_tasks_one_run_machine_energy_once(cluster, tracking_uri, clien
     assert m["cpu_time_s"] == pytest.approx(reports[0].cpu_s + reports[1].cpu_s)
     assert all(rep.cpu_s >= 0.2 for rep in reports)  # each tree holds its own task's burn
     assert {rep.local_rank for rep in reports} == {0, 1}
+
+
+def _agent_pid(job_id: str, rank: int) -> int:
+    """The pid of task ``rank``'s `wattsup run` in SLURM job ``job_id`` (from /proc)."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
+            env = dict(
+                e.split(b"=", 1) for e in open(f"/proc/{d}/environ", "rb").read().split(b"\0") if b"=" in e
+            )
+        except OSError:
+            continue
+        if b"mlflow_wattsup" in cmd and env.get(b"SLURM_JOB_ID") == job_id.encode():
+            if env.get(b"SLURM_PROCID") == str(rank).encode():
+                return int(d)
+    raise AssertionError(f"no wattsup agent of rank {rank} in job {job_id}")
+
+
+@pytest.mark.slow
+def test_srun_a_task_killed_ends_the_run_failed_and_names_it(
+    cluster, tracking_uri, client, experiment, tmp_path
+):
+    script = tmp_path / "waiter.py"
+    script.write_text(WAITER)
+    go = tmp_path / "go"
+    cmd = ["-n", "2", "-N", "1", "--export", "ALL,WATTSUP_DIST_REPORT_S=4", *WATTSUP, "run"]
+    cmd += [
+        "--experiment",
+        experiment,
+        "--interval",
+        "0.2",
+        "--quiet",
+        "--",
+        sys.executable,
+        str(script),
+        str(go),
+        "0",
+    ]
+    p = _srun(cluster, cmd)
+    run = _job_run(client, experiment)
+    tags = _wait_joined(client, run.info.run_id, 2, [p])
+    job_id = tags[keys.DIST_JOB].split(":")[2].split(".")[0]
+    os.kill(_agent_pid(job_id, 1), signal.SIGKILL)  # task 1's agent dies before reporting
+    go.touch()
+    p.communicate(timeout=180)
+    assert p.returncode != 0  # srun reports the killed task
+    r = client.get_run(run.info.run_id)
+    t, m = r.data.tags, r.data.metrics
+    assert r.info.status == "FAILED" and t[keys.STATUS] == "FAILED"
+    assert t[keys.DIST_MISSING] == "agent 1: joined: host localhost, rank 1, local rank 1, no report"
+    rep0 = AgentReport.from_json(t[keys.dist_agent_tag(0)])
+    assert m["energy_kwh"] == pytest.approx(_kwh(rep0.energy.total_j), rel=1e-9)  # what reported
+    assert len(client.search_runs([r.info.experiment_id])) == 1
