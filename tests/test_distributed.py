@@ -493,3 +493,68 @@ def test_track_inside_ddp_one_agent_per_host_and_no_other_runs(tracking_uri, cli
     assert "stage/burn/energy_kwh" in m
     assert client.get_metric_history(r.info.run_id, f"host/{host}/power_w")
     _all_documented(r)
+
+
+# -- GPUs: attributed to the ranks that use them, each device counted once per host ------------
+
+
+def _gpu_agents(tracking_uri, experiment, pids, procs_of):
+    """Two rank-mode agents on one host (in this process), each measuring one process and seeing
+    the same two fake GPUs; GPU 0 draws 100 W, GPU 1 200 W for 10 s while both measure."""
+    from fakes.nvml import FakeGpu, FakeNvml
+
+    from mlflow_wattsup.analysis.carbon import CarbonConfig
+    from mlflow_wattsup.meters.proctree import ProcessTreeMeter
+    from mlflow_wattsup.mlflow_layer.distributed import JoinedRun
+    from mlflow_wattsup.tracking.distributed import JobContext
+    from mlflow_wattsup.tracking.tracker import Tracker
+
+    gpus = [
+        FakeGpu("H100", "GPU-0", 100.0, procs=procs_of(0)),
+        FakeGpu("H100", "GPU-1", 200.0, procs=procs_of(1)),
+    ]
+    job = uuid.uuid4().hex
+    carbon = CarbonConfig.resolve(None, None, None)
+    runs = []
+    for rank, pid in enumerate(pids):
+        ctx = JobContext("slurm", job, rank, 2, rank, 2, 0, 1, "gpuhost")
+        run = JoinedRun(ctx, "rank", experiment=experiment, run_name="gpu", echo=None, flush_interval_s=0)
+        tracker = Tracker(ProcessTreeMeter(root_pid=pid), interval_s=60, rapl=False, nvml=FakeNvml(gpus))
+        run.record(tracker, carbon)
+        runs.append(run)
+    FakeNvml(gpus).advance(10.0)  # the hardware: one set of devices for both agents
+    runs[1].finish("FINISHED", 0)
+    runs[0].finish("FINISHED", 0)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri).get_run(runs[0].run_id)
+
+
+def _sleepers_gpu_run(tracking_uri, experiment, procs_of):
+    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        pids = [p.pid for p in sleepers]
+        return _gpu_agents(tracking_uri, experiment, pids, lambda i: procs_of(pids, i))
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
+
+
+def test_gpus_go_to_the_ranks_using_them_and_count_once(tracking_uri, experiment):
+    r = _sleepers_gpu_run(tracking_uri, experiment, lambda pids, i: [(pids[i], 1 << 30)])
+    m, t = r.data.metrics, r.data.tags
+    assert m["machine_energy_gpu_kwh"] == pytest.approx(_kwh(3000), rel=1e-9)  # 1000 J + 2000 J, once
+    assert m["rank/0/energy_gpu_kwh"] == pytest.approx(_kwh(1000), rel=1e-9)  # rank 0 uses GPU 0
+    assert m["rank/1/energy_gpu_kwh"] == pytest.approx(_kwh(2000), rel=1e-9)
+    assert m["energy_gpu_kwh"] == pytest.approx(_kwh(3000), rel=1e-9)
+    assert t[keys.GPU_ATTRIBUTION] == "process" and keys.DIST_CAPPED not in t
+
+
+def test_gpus_nvml_cannot_map_are_capped_at_the_device(tracking_uri, experiment):
+    # the GPUs' processes live in another PID namespace: each agent gets whole devices
+    r = _sleepers_gpu_run(tracking_uri, experiment, lambda pids, i: [(2**22 + 12345, 1 << 30)])
+    m, t = r.data.metrics, r.data.tags
+    assert m["rank/0/energy_gpu_kwh"] == m["rank/1/energy_gpu_kwh"] == pytest.approx(_kwh(3000), rel=1e-9)
+    assert m["energy_gpu_kwh"] == pytest.approx(_kwh(3000), rel=1e-9)  # not 6000
+    assert t[keys.DIST_CAPPED] == "gpuhost: gpu" and t[keys.GPU_ATTRIBUTION] == "device"
