@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from mlflow_wattsup.analysis.carbon import CarbonConfig
 from mlflow_wattsup.mlflow_layer import keys
+from mlflow_wattsup.mlflow_layer.distributed import distributed_role, tracked_run
 from mlflow_wattsup.mlflow_layer.lifecycle import TrackedRun
 from mlflow_wattsup.mlflow_layer.notices import say
 from mlflow_wattsup.mlflow_layer.recording import Recording
@@ -61,7 +63,9 @@ class track:
         self.run_id = run_id
         self.tracking_uri = tracking_uri
         self.carbon = CarbonConfig.resolve(carbon_intensity, region, pue)
+        self._ctx, tree, self._note = distributed_role()  # DDP: one agent per host measures
         self.tracker: Tracker = make_tracker(
+            tree=tree,
             interval_s=interval_s,
             cpu_tdp_w=cpu_tdp_w,
             cpu_w_per_thread=cpu_w_per_thread,
@@ -77,7 +81,11 @@ class track:
     # -- context manager ------------------------------------------------------------------------
 
     def __enter__(self) -> track:
-        run = TrackedRun(
+        if self._ctx is not None and not self._ctx.host_agent:
+            return self  # another rank of this host measures and logs; no run here
+        run = tracked_run(
+            mode="host",
+            ctx=self._ctx,
             tracking_uri=self.tracking_uri,
             run_id=self.run_id,
             experiment=self.experiment,
@@ -87,13 +95,15 @@ class track:
         )
         self._run = run
         self.run_id = run.run_id
-        say([*self.tracker.notes, self.carbon.intensity.warning], echo=None, once=True)
+        say([*self.tracker.notes, self.carbon.intensity.warning, self._note], echo=None, once=True)
         as_stage = (self.run_name or "python") if run.as_stage_of_outer else None
         self._recording = run.record(self.tracker, self.carbon, self._tags, as_stage=as_stage)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         run = self._run
+        if run is None and self._ctx is not None and not self._ctx.host_agent:
+            return False
         assert run is not None and self._recording is not None, "track.__exit__ without __enter__"
         status = "FINISHED"
         if exc_type is not None:
@@ -111,6 +121,8 @@ class track:
 
     def stage(self, name: str):
         """Context manager measuring a named stage: ``stage/<name>/energy_kwh`` etc."""
+        if self._run is None and self._ctx is not None:
+            return contextlib.nullcontext()  # a rank that does not measure
         return self.tracker.stage(name)
 
     @property

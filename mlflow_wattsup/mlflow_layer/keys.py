@@ -247,3 +247,56 @@ def end_tags(status: str, exit_code: int | None = None) -> dict[str, str]:
     if exit_code is not None:
         tags[EXIT_CODE] = str(exit_code)
     return tags
+
+
+# -- distributed jobs (one run for all ranks and hosts; see tracking/distributed.py) --------------
+DIST_JOB = "wattsup.dist.job"
+DIST_LAUNCHER = "wattsup.dist.launcher"
+DIST_MODE = "wattsup.dist.mode"
+DIST_AGENTS = "wattsup.dist.agents"
+DIST_HOSTS = "wattsup.dist.hosts"
+DIST_MISSING = "wattsup.dist.missing"
+DIST_AGENT_PREFIX = "wattsup.dist.agent."
+DIST_CAPPED = "wattsup.dist.capped"
+
+
+def dist_agent_tag(agent: int) -> str:
+    """``wattsup.dist.agent.<n>``: agent n's state (``joined <host> rank <r>``) then its report (JSON)."""
+    return f"{DIST_AGENT_PREFIX}{agent}"
+
+
+def dist_agent_of(tag: str) -> int | None:
+    """The agent number of a ``wattsup.dist.agent.<n>`` tag, else None."""
+    if tag.startswith(DIST_AGENT_PREFIX) and tag[len(DIST_AGENT_PREFIX) :].isdigit():
+        return int(tag[len(DIST_AGENT_PREFIX) :])
+    return None
+
+
+def dist_tags(launcher: str, job_key: str, mode: str, agents: int) -> dict[str, str]:
+    return {DIST_LAUNCHER: launcher, DIST_JOB: job_key, DIST_MODE: mode, DIST_AGENTS: str(agents)}
+
+
+def dist_series(prefix: str, power_w: float, cpu_w: float, gpu_w: float, ram_w: float | None) -> dict:
+    """One agent's power series point under ``rank/<r>/`` or ``host/<host>/``."""
+    return {prefix + k: v for k, v in power_metrics(power_w, cpu_w, gpu_w, ram_w).items()}
+
+
+def dist_prefix(mode: str, agent: int, host: str) -> str:
+    """Where an agent's own series and breakdown go: ``rank/<r>/`` or ``host/<host>/``."""
+    from mlflow_wattsup.tracking.tracker import stage_key
+
+    return f"rank/{agent}/" if mode == "rank" else f"host/{stage_key(host).replace('/', '_')}/"
+
+
+def dist_part_metrics(
+    prefix: str, energy: Energy, machine_energy: Energy | None, cpu_time_s: float, duration_s: float | None
+) -> dict[str, float]:
+    """A host's or rank's share of a distributed run: ``<prefix>energy_kwh`` (+ parts),
+    ``<prefix>machine_energy_kwh`` (+ parts, hosts only), ``<prefix>cpu_time_s``, ``<prefix>duration_s``."""
+    out = {prefix + k: v for k, v in energy_metrics(energy).items()}
+    if machine_energy is not None:
+        out.update({prefix + k: v for k, v in energy_metrics(machine_energy, "machine_energy").items()})
+    out[prefix + CPU_TIME_S] = cpu_time_s
+    if duration_s is not None:
+        out[prefix + DURATION_S] = duration_s
+    return out

@@ -150,7 +150,7 @@ def main(args) -> int:
         if setup.run.run_id:  # unknown yet if the store is down
             env.update({"MLFLOW_RUN_ID": setup.run.run_id, RUN_ENV: setup.run.run_id})
     on_line = None
-    if epoch_re is not None:
+    if epoch_re is not None and getattr(setup.run, "leader", True):  # a job's epochs: rank 0's
         from mlflow_wattsup.mlflow_layer.training import EpochEnergy
 
         epochs = EpochEnergy(tracker, setup.run.sink, carbon, args.planned_epochs, args.warmup_epochs)
@@ -182,6 +182,7 @@ class _RunSetup:
         self._error: BaseException | None = None
 
     def _open(self):
+        from mlflow_wattsup.mlflow_layer.distributed import tracked_run
         from mlflow_wattsup.mlflow_layer.lifecycle import TrackedRun
 
         a = self.args
@@ -191,7 +192,7 @@ class _RunSetup:
             run_name=a.run_name or os.path.basename(self.cmd[0]),
         )
         try:
-            return TrackedRun(run_id=a.run_id, **kw)
+            return tracked_run(run_id=a.run_id, **kw)  # one run per job under srun/mpirun
         except ValueError as exc:
             if self._thread is None:
                 raise UsageError(str(exc)) from None
