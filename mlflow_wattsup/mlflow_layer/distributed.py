@@ -171,38 +171,33 @@ class JoinedRun(TrackedRun):
         self.sink.flush()  # others may be waiting for the joined tag
         return self.recording
 
-    def finish(
+    def _log_end(
         self,
         status: str,
-        exit_code: int | None = None,
-        extra_tags: Mapping[str, str] | None = None,
-        before_close: Callable[[], None] | None = None,
-    ) -> Totals | None:
+        exit_code: int | None,
+        extra_tags: Mapping[str, str] | None,
+        before_close: Callable[[], None] | None,
+    ) -> str:
         """End this agent: write its report; agent 0 also waits for the others, logs the totals
-        and ends the run (status made worse by the others' failures or absence)."""
-        written = False
-        try:
-            rec = self.recording
-            if rec is not None:
-                own = rec.tracker.stop()
-                report = self._report(own, status, exit_code)
-                self.sink.set_tags({keys.dist_agent_tag(self.agent): report.to_json()})
-                self.totals = own
-                if self.leader:
-                    self.job = self._collect(report)
-                    status = worst(status, self.job.status)
-                    self.totals = self._log_totals(rec, self.job, own, status, exit_code)
-            if extra_tags:
-                self.sink.set_tags(extra_tags)
-            if before_close is not None and self.leader:
-                before_close()
-        finally:
-            if self.created:
-                self.sink.terminate(status)
-            written = self.sink.close()
-            if self._fluent:
-                self._end_fluent(status, written)
-        return self.totals
+        and returns the run's status (made worse by the others' failures or absence)."""
+        rec = self.recording
+        if rec is not None:
+            own = rec.tracker.stop()
+            report = self._report(own, status, exit_code)
+            self.sink.set_tags({keys.dist_agent_tag(self.agent): report.to_json()})
+            self.totals = own
+            if self.leader:
+                self.job = self._collect(report)
+                status = worst(status, self.job.status)
+                self.totals = self._log_totals(rec, self.job, own, status, exit_code)
+        if extra_tags:
+            self.sink.set_tags(extra_tags)
+        if before_close is not None and self.leader:
+            before_close()
+        return status
+
+    def _describes(self) -> bool:
+        return self.leader  # the run is described once, by agent 0, after the totals
 
     def _report(self, own: Totals, status: str, exit_code: int | None) -> AgentReport:
         s = own.sources

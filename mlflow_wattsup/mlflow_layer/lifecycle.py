@@ -215,25 +215,43 @@ class TrackedRun:
         before_close: Callable[[], None] | None = None,
     ) -> Totals | None:
         """Log the totals (if recording) with the end tags, call ``before_close`` (last values),
-        end the run if we created it, close the sink."""
+        end the run if we created it, close the sink, describe the run."""
         try:
-            if self.recording is not None:
-                self.totals = self.recording.finish(
-                    {**keys.end_tags(status, exit_code), **(extra_tags or {})}
-                )
-            elif extra_tags:
-                self.sink.set_tags(extra_tags)
-            if before_close is not None:
-                before_close()
+            status = self._log_end(status, exit_code, extra_tags, before_close)
         finally:
-            if self.created:
-                self.sink.terminate(status)
-            written = self.sink.close()
-            if written and (self.recording is None or self.recording.as_stage is None):
-                self._describe()
-            if self._fluent:
-                self._end_fluent(status, written)
+            self._close(status)
         return self.totals
+
+    def _log_end(
+        self,
+        status: str,
+        exit_code: int | None,
+        extra_tags: Mapping[str, str] | None,
+        before_close: Callable[[], None] | None,
+    ) -> str:
+        """Log what the run measured; returns the status to end it with."""
+        if self.recording is not None:
+            self.totals = self.recording.finish({**keys.end_tags(status, exit_code), **(extra_tags or {})})
+        elif extra_tags:
+            self.sink.set_tags(extra_tags)
+        if before_close is not None:
+            before_close()
+        return status
+
+    def _close(self, status: str) -> None:
+        """End the run if we created it, write everything queued, then describe it."""
+        if self.created:
+            self.sink.terminate(status)
+        written = self.sink.close()
+        if written and self._describes():
+            self._describe()
+        if self._fluent:
+            self._end_fluent(status, written)
+
+    def _describes(self) -> bool:
+        """Whether this run's end writes its description (a block logged as a stage of an outer
+        run does not: the outer run describes itself)."""
+        return self.recording is None or self.recording.as_stage is None
 
     def _describe(self) -> None:
         """The run's description in words (never over a user's), and our saved runs-table view in
