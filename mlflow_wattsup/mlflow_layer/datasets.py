@@ -23,11 +23,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow_wattsup.mlflow_layer import keys
+
 DIGEST_HEX = 16  # MLflow's dataset digest column holds 36 characters; 64 bits identify a volume
 BLOCK_BYTES = 1 << 20
 
 #: input tag naming how the digest was computed (``file-sha256`` or ``array-sha256``)
-DIGEST_KIND_TAG = "wattsup.digest"
+DIGEST_KIND_TAG = keys.DIGEST
 CONTEXT_TAG = "mlflow.data.context"  # MLflow's own input tag: training, evaluation, reference...
 
 

@@ -26,6 +26,7 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 
+from mlflow_wattsup.mlflow_layer import keys
 from mlflow_wattsup.mlflow_layer.links import compare_fragment, run_fragment
 
 NOTE_TAG = "mlflow.note.content"
@@ -103,14 +104,14 @@ def _md(text: object) -> str:
 
 
 def _estimate_detail(params: Mapping[str, str], part: str) -> str:
-    if part == "cpu" and "wattsup.estimate.cpu_w_per_thread" in params:
-        w = params["wattsup.estimate.cpu_w_per_thread"]
-        src = params.get("wattsup.estimate.cpu_basis", "")
-        tdp = params.get("wattsup.estimate.cpu_tdp_w")
+    if part == "cpu" and keys.ESTIMATE_CPU_W_PER_THREAD in params:
+        w = params[keys.ESTIMATE_CPU_W_PER_THREAD]
+        src = params.get(keys.ESTIMATE_CPU_BASIS, "")
+        tdp = params.get(keys.ESTIMATE_CPU_TDP_W)
         why = f"TDP {tdp} W, {src}" if tdp else src
         return f"{w} W per busy logical CPU x CPU time" + (f", {why}" if why else "")
-    if part == "ram" and "wattsup.estimate.ram_w_per_gb" in params:
-        return f"{params['wattsup.estimate.ram_w_per_gb']} W per GB resident x time"
+    if part == "ram" and keys.ESTIMATE_RAM_W_PER_GB in params:
+        return f"{params[keys.ESTIMATE_RAM_W_PER_GB]} W per GB resident x time"
     return ""
 
 
@@ -123,16 +124,16 @@ def _energy_line(m: Mapping[str, float], p: Mapping[str, str], t: Mapping[str, s
     line = f"**Energy** {fmt_energy_kwh(m['energy_kwh'])}" + (f" ({', '.join(split)})" if split else "")
     how = []
     for part, label in (("cpu", "CPU"), ("gpu", "GPU"), ("ram", "RAM")):
-        src = t.get(f"wattsup.source.{part}")
+        src = t.get(keys.SOURCE_PREFIX + part)
         if src is None or (part == "gpu" and src == "none"):
             continue
         words = source_words(src)
         detail = _estimate_detail(p, part) if "estimate" in src else ""
         how.append(f"{label} {words}" + (f" ({detail})" if detail else ""))
-    if t.get("wattsup.source.gpu") == "none":
+    if t.get(keys.SOURCE_GPU) == "none":
         how.append("no GPU")
-    if t.get("wattsup.import.tool"):
-        how.append(f"as logged by {_md(t['wattsup.import.tool'])}")
+    if t.get(keys.IMPORT_TOOL):
+        how.append(f"as logged by {_md(t[keys.IMPORT_TOOL])}")
     if how:
         line += ": " + "; ".join(how)
     if "machine_energy_kwh" in m:
@@ -142,15 +143,15 @@ def _energy_line(m: Mapping[str, float], p: Mapping[str, str], t: Mapping[str, s
 
 def _carbon_line(m: Mapping[str, float], p: Mapping[str, str], t: Mapping[str, str]) -> str:
     line = f"**Carbon** {fmt(m['carbon_g'])} g CO2eq"
-    intensity = p.get("wattsup.carbon_intensity_g_per_kwh")
+    intensity = p.get(keys.CARBON_INTENSITY)
     if intensity is None:
         return line + " (intensity not recorded)."
-    region = p.get("wattsup.region", "none")
+    region = p.get(keys.REGION, "none")
     where = "no region given" if region in ("", "none") else f"region {_md(region)}"
-    src = t.get("wattsup.source.carbon_intensity")
-    pue_src = t.get("wattsup.source.pue")
+    src = t.get(keys.SOURCE_CARBON_INTENSITY)
+    pue_src = t.get(keys.SOURCE_PUE)
     return (
-        f"{line} = energy x PUE {p.get('wattsup.pue', '1')}"
+        f"{line} = energy x PUE {p.get(keys.PUE, '1')}"
         + (f" ({_md(pue_src)})" if pue_src else "")
         + f" x {intensity} g CO2eq/kWh ({where}"
         + (f"; {_md(src)}" if src else "")
@@ -180,10 +181,10 @@ def _model_line(m: Mapping[str, float], t: Mapping[str, str]) -> str | None:
     elif "flops" in m:
         cost.append(f"{fmt_big(m['flops'])} FLOPs")
     if cost:
-        backend = t.get("wattsup.flops_backend")
+        backend = t.get(keys.FLOPS_BACKEND)
         return "**Model** " + ", ".join(cost) + (f" (counted by {_md(backend)})" if backend else "") + "."
-    if t.get("wattsup.model_cost"):
-        return f"**Model** {_md(t['wattsup.model_cost'])}."
+    if t.get(keys.MODEL_COST):
+        return f"**Model** {_md(t[keys.MODEL_COST])}."
     return None
 
 
@@ -210,9 +211,9 @@ def run_markdown(
     m, p, t = metrics, params, tags
     if "energy_kwh" not in m:
         return None
-    what = [t.get("wattsup.pipeline", ""), f"on {t['wattsup.device']}" if t.get("wattsup.device") else ""]
+    what = [t.get(keys.PIPELINE, ""), f"on {t[keys.DEVICE]}" if t.get(keys.DEVICE) else ""]
     what = " ".join(_md(x) for x in what if x)
-    status = t.get("wattsup.status", "")
+    status = t.get(keys.STATUS, "")
     head = summary_line(m, t) + (f" · {what}" if what else "") + (f" · {status}" if status else "")
     items = [_energy_line(m, p, t)]
     if "carbon_g" in m:
@@ -230,7 +231,7 @@ def run_markdown(
     for prefix, name in (("dice", "Dice"), ("dice_aseg", "Dice (aseg)")):
         if f"{prefix}_mean" in m:
             n = m.get(f"{prefix}_labels_n")
-            names = t.get(f"wattsup.{prefix}.names")
+            names = t.get(f"{keys.PREFIX}{prefix}.names")
             items.append(
                 f"**{name}** {m[f'{prefix}_mean']:.3f} mean"
                 + (f" over {int(n)} labels" if n else "")
@@ -244,7 +245,7 @@ def run_markdown(
     if "predicted_energy_kwh" in m and status in ("FAILED", "KILLED"):
         items.append(
             f"**Predicted** {fmt_energy_kwh(m['predicted_energy_kwh'])} for all "
-            f"{_md(t.get('wattsup.planned_epochs', '?'))} planned epochs (linear extrapolation)."
+            f"{_md(t.get(keys.PLANNED_EPOCHS, '?'))} planned epochs (linear extrapolation)."
         )
     stages = _stages(m)
     if stages:
@@ -256,7 +257,7 @@ def run_markdown(
             parts.append(f"`{_md(name)}` {fmt_energy_kwh(kwh)}{took}{share}")
         items.append("**Biggest stages** " + "; ".join(parts) + ".")
     warnings = sorted(
-        (k[len("wattsup.warning.") :], v) for k, v in t.items() if k.startswith("wattsup.warning.")
+        (k[len(keys.WARNING_PREFIX) :], v) for k, v in t.items() if k.startswith(keys.WARNING_PREFIX)
     )
     items += [f"**Warning** ({_md(k)}): {_md(v)}" for k, v in warnings]
     lines = [
@@ -412,7 +413,7 @@ def parent_markdown(experiment_id: str, kids: Sequence, table, title: str | None
     if scored:
         best = max(scored, key=lambda r: r.data.metrics["dice_mean"])
         head += (
-            f" · best Dice {best.data.metrics['dice_mean']:.3f}: {_md(best.data.tags.get('wattsup.pipeline', best.info.run_name))}"
+            f" · best Dice {best.data.metrics['dice_mean']:.3f}: {_md(best.data.tags.get(keys.PIPELINE, best.info.run_name))}"
             f" at {fmt_energy_kwh(best.data.metrics['energy_kwh'])}"
         )
     lines = [head, ""]

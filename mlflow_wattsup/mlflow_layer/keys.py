@@ -42,6 +42,19 @@ ESTIMATE_PREFIX = "wattsup.estimate."
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # marks a training experiment in the MLflow 3 UI
 
+ESTIMATE_CPU_W_PER_THREAD = "wattsup.estimate.cpu_w_per_thread"
+ESTIMATE_CPU_BASIS = "wattsup.estimate.cpu_basis"
+ESTIMATE_CPU_TDP_W = "wattsup.estimate.cpu_tdp_w"
+ESTIMATE_RAM_W_PER_GB = "wattsup.estimate.ram_w_per_gb"
+SOURCE_GPU = "wattsup.source.gpu"
+IMPORT_TOOL = "wattsup.import.tool"
+SOURCE_CARBON_INTENSITY = "wattsup.source.carbon_intensity"
+SOURCE_PUE = "wattsup.source.pue"
+MODEL_COST = "wattsup.model_cost"
+DIGEST = "wattsup.digest"
+MODEL_URI = "wattsup.model_uri"
+T1 = "wattsup.t1"
+
 # -- params ---------------------------------------------------------------------------------------
 PUE = "wattsup.pue"
 CARBON_INTENSITY = "wattsup.carbon_intensity_g_per_kwh"

@@ -29,6 +29,7 @@ import os
 import sys
 import time
 
+from mlflow_wattsup.mlflow_layer import keys
 from mlflow_wattsup.mlflow_layer.projects.common import add_carbon_args
 from mlflow_wattsup.mlflow_layer.projects.params import (
     ParamError,
@@ -63,7 +64,7 @@ def _device(value: str) -> str:
 def _track(args, name: str, pipeline: str, device: str, **extra_tags):
     import mlflow_wattsup
 
-    tags = {"wattsup.pipeline": pipeline, "wattsup.device": device, **extra_tags}
+    tags = {keys.PIPELINE: pipeline, keys.DEVICE: device, **extra_tags}
     return mlflow_wattsup.track(
         # under `mlflow run` the run exists and keeps its name (the demo names its steps)
         None if os.environ.get("MLFLOW_RUN_ID") else name,
@@ -181,9 +182,7 @@ def train(argv) -> int:
 
     torch.manual_seed(seed)
     dev = torch.device("cuda" if device == "gpu" else "cpu")
-    tracked = _track(
-        args, "train", "fastsurfercnn-train", device, **{"wattsup.dataset": f"mni152-2009-{res}mm"}
-    )
+    tracked = _track(args, "train", "fastsurfercnn-train", device, **{keys.DATASET: f"mni152-2009-{res}mm"})
     try:
         run_id = _train(tracked, epochs, res, batch, lr, filters, context, dev)
     finally:
@@ -294,7 +293,7 @@ def infer(argv) -> int:
         "infer",
         "fastsurfercnn-infer",
         device,
-        **{"wattsup.dataset": f"mni152-2009-{res}mm", "wattsup.model_uri": args.model_uri},
+        **{keys.DATASET: f"mni152-2009-{res}mm", keys.MODEL_URI: args.model_uri},
     )
     try:
         with tracked as t:
@@ -330,7 +329,7 @@ def classical(argv) -> int:
         "classical",
         "gmm-classical",
         "cpu",
-        **{"wattsup.dataset": f"mni152-2009-{res}mm", "wattsup.model_cost": "n/a: no neural network"},
+        **{keys.DATASET: f"mni152-2009-{res}mm", keys.MODEL_COST: "n/a: no neural network"},
     )
     try:
         with tracked as t:
@@ -371,7 +370,7 @@ def brain_extraction(argv) -> int:
     images = [image_file(t1, "input", "colin27-ch2" if colin else None)]
     if ref is not None:
         images.append(image_file(ref, "reference", "colin27-ch2bet" if str(ref) == COLIN_BRAIN else None))
-    tracked = _track(args, "brain_extraction", "deepbet", device, **{"wattsup.t1": str(t1)})
+    tracked = _track(args, "brain_extraction", "deepbet", device, **{keys.T1: str(t1)})
     try:
         _brain_extraction(tracked, BrainExtraction, t1, ref, device, images)
     finally:
@@ -398,8 +397,8 @@ def _brain_extraction(tracked, BrainExtraction, t1, ref, device, images) -> None
         mlflow.log_metrics({"params": params, "macs": c.macs, "flops": 2 * c.macs, "tiv_cm3": float(tiv)})
         mlflow.set_tags(
             {
-                "wattsup.flops_backend": "torch-flop-counter (counted during the run)",
-                "wattsup.flops_input_shape": "the run's inputs (bbox model 128^3, brain model 256^3)",
+                keys.FLOPS_BACKEND: "torch-flop-counter (counted during the run)",
+                keys.FLOPS_INPUT_SHAPE: "the run's inputs (bbox model 128^3, brain model 256^3)",
             }
         )
         if ref is not None:
