@@ -44,6 +44,15 @@ def unavailable() -> str | None:
     return None
 
 
+def _start(cmd: list[str], env: dict | None = None) -> None:
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        msg = (p.stderr or p.stdout).strip().splitlines()
+        raise RuntimeError(
+            f"{Path(cmd[0]).name if cmd[0] != 'runuser' else cmd[3]} failed: {msg[-1] if msg else p.returncode}"
+        )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,14 +74,16 @@ class SlurmCluster:
         self.jobcomp = self.root / "jobcomp.txt"
         self.pids: dict[str, Path] = {}
         self.cpus = 1
+        self.munge_dir: Path | None = None
 
     @property
     def env(self) -> dict[str, str]:
         return {"SLURM_CONF": str(self.conf)}
 
     def _munge(self) -> Path:
-        d = self.root / "munge"
-        d.mkdir()
+        # munged runs as user munge, which must traverse every folder above its socket: pytest's
+        # /tmp/pytest-of-root is root-only, so munge gets a folder of its own directly in /tmp
+        d = self.munge_dir = Path(tempfile.mkdtemp(prefix="wattsup-munge-"))
         shutil.chown(d, "munge", "munge")
         d.chmod(0o755)  # munged wants the socket's folder traversable by all
         key = d / "munge.key"
@@ -80,7 +91,7 @@ class SlurmCluster:
         shutil.chown(key, "munge", "munge")
         key.chmod(0o400)
         sock = d / "munge.socket"
-        subprocess.run(
+        _start(
             [
                 "runuser",
                 "-u",
@@ -92,9 +103,7 @@ class SlurmCluster:
                 f"--pid-file={d / 'munged.pid'}",
                 f"--log-file={d / 'munged.log'}",
                 f"--seed-file={d / 'munged.seed'}",
-            ],
-            check=True,
-            capture_output=True,
+            ]
         )
         self.pids["munged"] = d / "munged.pid"
         return sock
@@ -147,7 +156,7 @@ class SlurmCluster:
             )
         )
         env = dict(os.environ, **self.env)
-        subprocess.run([_which("slurmctld"), "-f", str(self.conf)], check=True, env=env, capture_output=True)
+        _start([_which("slurmctld"), "-f", str(self.conf)], env)
         self.pids["slurmctld"] = r / "slurmctld.pid"
         subprocess.run(
             [_which("slurmd"), "-f", str(self.conf), "-N", "localhost"],
@@ -199,3 +208,5 @@ class SlurmCluster:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+        if self.munge_dir is not None:
+            shutil.rmtree(self.munge_dir, ignore_errors=True)

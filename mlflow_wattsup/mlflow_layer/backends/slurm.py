@@ -65,6 +65,10 @@ END_STATES = {
 }
 
 
+#: keys MLflow adds to every backend config (besides upper-case ENV_MANAGER, SYNCHRONOUS, ...)
+MLFLOW_KEYS = ("build_image", "docker_auth")
+
+
 class SlurmError(RuntimeError):
     """sbatch/scontrol failed or is missing; ``str(exc)`` is one line."""
 
@@ -94,7 +98,7 @@ class SlurmConfig:
         kwargs = {}
         for key, value in (config or {}).items():
             k = str(key).replace("-", "_")
-            if k.isupper():  # ENV_MANAGER, SYNCHRONOUS, DOCKER_ARGS, STORAGE_DIR ... set by MLflow
+            if k.isupper() or k in MLFLOW_KEYS:  # set by MLflow for every backend
                 continue
             if k not in known:
                 raise ValueError(

@@ -79,7 +79,7 @@ def from_tsv(path: str | Path) -> list[Subject]:
         raise SubjectsError(f"subjects file {path}: {exc.strerror or exc}") from None
     table = list(csv.reader(text.splitlines(), delimiter="\t"))
     header = [h.strip() for h in table[0]] if table else []
-    rows = [dict(zip(header, r)) for r in table[1:]]
+    rows = [dict(zip(header, r, strict=False)) for r in table[1:]]
     id_col = "subject" if "subject" in header else "participant_id" if "participant_id" in header else None
     if id_col is None or "t1" not in header:
         raise SubjectsError(
