@@ -72,6 +72,19 @@ def is_local_store(uri: str) -> bool:
     return scheme in ("", "file", "sqlite") or (len(scheme) == 1 and os.name == "nt")
 
 
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a relative sqlite/file path made absolute: entry points run in their project's
+    folder, where ``sqlite:///mlflow.db`` would name another database."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path, sep, query = uri[len("sqlite:///") :].partition("?")
+        if path and path != ":memory:" and not os.path.isabs(path):
+            return f"sqlite:///{os.path.abspath(path)}{sep}{query}"
+    scheme = urlparse(uri).scheme
+    if scheme == "" and uri and not os.path.isabs(uri):
+        return os.path.abspath(uri)
+    return uri
+
+
 def check_cluster_store(uri: str) -> None:
     """Refuse, in one line, a tracking store that many jobs on many nodes cannot share."""
     if is_local_store(uri):

@@ -34,6 +34,7 @@ from mlflow_wattsup.mlflow_layer.backends.common import (
     TAG_JOB_ID,
     TERMINAL,
     Task,
+    absolute_uri,
     check_cluster_store,
 )
 from mlflow_wattsup.mlflow_layer.study.plan import Child, Pipeline, spec_sha256
@@ -94,7 +95,7 @@ class Study:
         log: Callable[[str], None] | None = None,
     ):
         self.client = client
-        self.uri = client.tracking_uri
+        self.uri = absolute_uri(client.tracking_uri)
         self.experiment_id = str(experiment_id)
         self.subjects, self.pipelines, self.children, self.devices = subjects, pipelines, children, devices
         self.dataset = Path(dataset).absolute()
@@ -110,6 +111,7 @@ class Study:
         self.slurm_config = dict(slurm_config or {})
         self.workdir = Path(workdir or Path("wattsup-studies") / self.study_id).absolute()
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self._logs: dict[str, str] = {}  # run id -> its job's output file
         if backend == "slurm":
             check_cluster_store(self.uri)
         elif backend != "local":
@@ -314,6 +316,7 @@ class Study:
                 tasks = [self._task(c, runs[c.key], storage) for c in todo]
                 submitted += len(tasks)
                 final = self._execute(tasks)
+                self._logs.update({t.run_id: t.log for t in tasks if t.log})
                 for c in todo:
                     latest[c.key] = (runs[c.key], final.get(runs[c.key], FAILED))
                 todo = [c for c in todo if latest[c.key][1] == FAILED]
@@ -350,6 +353,13 @@ class Study:
             if status == FINISHED and counts[M_FINISHED] < len(self.children):
                 status = FAILED
             self.client.set_terminated(parent, status)
+        names = {latest[c.key][0]: c.run_name for c in self.children if c.key in latest}
+        failed = [run_id for run_id, st in latest.values() if st == FAILED]
+        for run_id in failed[:10]:
+            log = self._logs.get(run_id, "")
+            self.log(f"  FAILED {names.get(run_id, run_id)}: {_last_line(log)} (log {log or 'n/a'})")
+        if len(failed) > 10:
+            self.log(f"  ... and {len(failed) - 10} more failed children (study/children.csv)")
         self.log(
             f"study {self.study_id}: {counts[M_FINISHED]} finished, {counts[M_FAILED]} failed, "
             f"{counts[M_KILLED]} killed of {len(self.children)} ({skipped} skipped, {submitted} submitted)"
@@ -413,6 +423,18 @@ class Study:
                 tags[TAG_PROJECT_PIPELINE] = r.tags[TAG_PIPELINE]
             self.client.log_batch(r.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             r.tags.update(tags)
+
+
+def _last_line(path: str) -> str:
+    """The last non-empty line of a log (its end only: logs can be large)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "empty log"
 
 
 def exit_code_of(client, run_id: str) -> int | None:
