@@ -111,6 +111,7 @@ class SlurmCluster:
     def start(self, timeout_s: float = 30) -> float:
         """Start munged, slurmctld, slurmd; wait until the node is idle. Returns the seconds taken."""
         t0 = time.monotonic()
+        self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)
         for sub in ("state", "spool", "log"):
             (self.root / sub).mkdir()

@@ -151,6 +151,15 @@ def test_plan_binds_subject_fields_and_user_params(tmp_path, study_env):
         planning.assign_params([a], ["epochs=3"])
     with pytest.raises(planning.PlanError, match="is not an MLflow Project folder"):
         planning.Pipeline.parse(f"x={tmp_path}")
+    nodev = tmp_path / "nodev"
+    nodev.mkdir()
+    (nodev / "MLproject").write_text(
+        'name: n\nentry_points:\n  main:\n    parameters:\n      sid: {type: string}\n    command: "true"\n'
+    )
+    n = planning.Pipeline.parse(f"{nodev}")
+    assert {c.device for c in planning.plan(subjects, [n], ["cpu", "gpu"], tmp_path)} == {"cpu"}
+    with pytest.raises(planning.PlanError, match="runs on cpu: add --device cpu"):
+        planning.plan(subjects, [n], ["gpu"], tmp_path)
 
 
 # -- local studies ------------------------------------------------------------------------------

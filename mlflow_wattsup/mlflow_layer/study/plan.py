@@ -11,6 +11,8 @@ to the folder's name, plus ``.ENTRY`` when not ``main``). Parameters are filled 
    pipeline only), which win; ``{subject}``, ``{t1}``, ``{reference}``, ``{device}``,
    ``{pipeline}`` and ``{workdir}`` (the study's folder) are substituted in the values.
 
+An entry point without a ``device`` parameter runs on the CPU only: it gets no gpu children.
+
 A child's identity (what a resumed study matches) is its subject, pipeline, device and the
 SHA-256 of its project, entry point and filled-in parameters (``params_hash``).
 """
@@ -172,7 +174,10 @@ def plan(
         raise PlanError(f"device {bad[0] if bad else '(none)'!r}: give cpu and/or gpu")
     out = []
     for p in pipelines:
-        for device in devices:
+        mine = devices if "device" in p.declared else [d for d in devices if d == "cpu"]
+        if not mine:
+            raise PlanError(f"pipeline {p.name} has no device parameter, so it runs on cpu: add --device cpu")
+        for device in mine:
             for s in subjects:
                 params = child_params(p, s, device, workdir)
                 out.append(Child(s, p, device, params, params_hash(p, params)))
