@@ -77,7 +77,7 @@ def run_study(uri: str, project: Path, tsv: Path, backend: str, workdir: Path, s
     result = study.run()
     wall, cpu = time.perf_counter() - t0, self_cpu_s() - cpu0
     assert result.counts["study/finished"] == len(children), result.counts
-    return {"children": len(children), "wall_s": wall, "cpu_s": cpu}
+    return {"children": len(children), "wall_s": wall, "cpu_s": cpu, **study.timings}
 
 
 def show(label: str, r: dict) -> None:
@@ -85,6 +85,10 @@ def show(label: str, r: dict) -> None:
     print(
         f"{label}: {n} children in {r['wall_s']:.1f} s wall, study process {r['cpu_s']:.1f} CPU-s: "
         f"{r['wall_s'] / n:.3f} s wall and {r['cpu_s'] / n:.3f} CPU-s per child"
+    )
+    print(
+        f"  phases: creating runs {r['create_s']:.1f} s ({r['create_s'] / n:.3f} s/child), sbatch "
+        f"{r['submit_s']:.2f} s, executing {r['execute_s']:.1f} s, parent's report {r['finish_s']:.1f} s"
     )
 
 

@@ -7,6 +7,7 @@ Skips with the reason where the cluster cannot be started (not root, SLURM not i
 import importlib.metadata
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -148,6 +149,22 @@ def _registered() -> bool:
 needs_entry_point = pytest.mark.skipif(
     not _registered(), reason="the slurm backend is not registered: pip install -e . (pyproject entry point)"
 )
+
+
+@needs_entry_point
+def test_mlflow_run_on_slurm_refuses_a_sqlite_store_in_one_line(tmp_path):
+    project = stub_project(tmp_path / "stub")
+    r = subprocess.run(
+        [str(BIN / "mlflow"), "run", str(project), "-e", "seg", "--backend", "slurm", "--env-manager", "local"]
+        + ["-P", "t1=x", "-P", "sid=s1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db", MLFLOW_DISABLE_TELEMETRY="true"),
+    )
+    assert r.returncode == 1
+    (line,) = [ln for ln in r.stderr.splitlines() if "is a local file" in ln]
+    assert "mlflow server" in line and "Traceback" not in r.stderr
 
 
 @needs_entry_point
@@ -340,3 +357,49 @@ def test_two_jobs_packed_on_the_node_share_its_energy(env, experiment, cluster):
             e <= r.data.metrics["machine_energy_cpu_kwh"] * 3.6e6 * 1.0001
         )  # ...never more than the machine
     assert sum(energies_j) <= w * machine_cpu_s  # ...and together no more than the machine over both
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_slurm_study_cancels_its_array_and_marks_the_runs(env, experiment, cluster):
+    client = _client(env["uri"])
+    (env["ctrl"] / "hang-a-s1").touch()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow_wattsup",
+            "study",
+            str(env["tsv"]),
+            "-p",
+            f"a={env['project']}#seg",
+            "-P",
+            "name={pipeline}",
+            "--backend",
+            "slurm",
+            "--backend-config",
+            str(env["config"]),
+            "--experiment",
+            experiment,
+            "--workdir",
+            str(env["workdir"]),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (env["ctrl"] / "hanging-a-s1").exists() and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([exp_id])
+    by = {r.data.tags.get("wattsup.subject", "parent"): r for r in runs}
+    assert by["s1"].info.status == "KILLED" and by["parent"].info.status == "KILLED"
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
+    pid = int((env["ctrl"] / "hanging-a-s1").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    job = by["s1"].data.tags["wattsup.slurm.job_id"].split("_")[0]
+    assert subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip() == ""

@@ -381,17 +381,21 @@ def _backend_class():
 
     class SlurmBackend(AbstractBackend):
         def run(self, project_uri, entry_point, params, version, backend_config, tracking_uri, experiment_id):
+            from mlflow.exceptions import ExecutionException
             from mlflow.projects.utils import fetch_and_validate_project, get_or_create_run
             from mlflow.tracking import MlflowClient
 
-            cfg = SlurmConfig.from_dict(backend_config)
-            env_manager = (backend_config or {}).get("ENV_MANAGER")
-            if env_manager not in (None, "local"):
-                raise ValueError(
-                    f"the slurm backend runs entry points in the job's own environment: use --env-manager local "
-                    f"(got {env_manager}) and put environment setup in the backend config's 'setup' lines"
-                )
-            check_cluster_store(tracking_uri)
+            try:  # the MLflow CLI prints an ExecutionException as one line
+                cfg = SlurmConfig.from_dict(backend_config)
+                env_manager = (backend_config or {}).get("ENV_MANAGER")
+                if env_manager not in (None, "local"):
+                    raise ValueError(
+                        "the slurm backend runs entry points in the job's own environment: use --env-manager "
+                        f"local (got {env_manager}) and put environment setup in the backend config's 'setup' lines"
+                    )
+                check_cluster_store(tracking_uri)
+            except ValueError as exc:
+                raise ExecutionException(str(exc)) from None
             work_dir = fetch_and_validate_project(project_uri, version, entry_point, params)
             active = get_or_create_run(
                 None, project_uri, experiment_id, work_dir, version, entry_point, params
@@ -411,8 +415,10 @@ def _backend_class():
                 )
                 client.update_run(run_id, status=SCHEDULED)
                 job = submit([task], cfg, gpu=_wants_gpu(params))
-            except BaseException:
+            except BaseException as exc:
                 client.set_terminated(run_id, FAILED)  # never left RUNNING when submission fails
+                if isinstance(exc, SlurmError):
+                    raise ExecutionException(str(exc)) from None
                 raise
             client.set_tag(run_id, TAG_JOB_ID, job.job_id)
             client.set_tag(run_id, TAG_LOG, task.log)

@@ -125,6 +125,11 @@ def _interrupt(signum, frame):
 
 
 def main(args) -> int:
+    from mlflow_wattsup.mlflow_layer.backends.common import check_cluster_store
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if args.backend == "slurm" and not args.dry_run:
+        check_cluster_store(uri)  # before seconds of imports
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -161,7 +166,6 @@ def main(args) -> int:
             )
         print(f"{len(children)} children")
         return 0
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(args.experiment)

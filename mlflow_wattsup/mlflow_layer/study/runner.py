@@ -112,6 +112,9 @@ class Study:
         self.workdir = Path(workdir or Path("wattsup-studies") / self.study_id).absolute()
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self._logs: dict[str, str] = {}  # run id -> its job's output file
+        #: wall seconds of this invocation's phases: create (child runs), submit (sbatch, slurm
+        #: only), execute (from the first start to the last end, submission included), finish
+        self.timings: dict[str, float] = {"create_s": 0.0, "submit_s": 0.0, "execute_s": 0.0, "finish_s": 0.0}
         if backend == "slurm":
             check_cluster_store(self.uri)
         elif backend != "local":
@@ -248,7 +251,9 @@ class Study:
                 if group:
                     if gpu:
                         cfg.gpus = self.gpus_per_job
+                    t = time.perf_counter()
                     job = slurm.submit(group, cfg, gpu=gpu)
+                    self.timings["submit_s"] += time.perf_counter() - t
                     self.log(
                         f"study {self.study_id}: submitted {len(group)} task(s) as SLURM job {job.job_id}"
                     )
@@ -310,12 +315,16 @@ class Study:
                 if not todo:
                     break
                 runs = {}
+                t = time.perf_counter()
                 for c in todo:
                     attempts[c.key] += 1
                     runs[c.key] = self._create_child(parent, c, attempts[c.key])
                 tasks = [self._task(c, runs[c.key], storage) for c in todo]
+                self.timings["create_s"] += time.perf_counter() - t
                 submitted += len(tasks)
+                t = time.perf_counter()
                 final = self._execute(tasks)
+                self.timings["execute_s"] += time.perf_counter() - t
                 self._logs.update({t.run_id: t.log for t in tasks if t.log})
                 for c in todo:
                     latest[c.key] = (runs[c.key], final.get(runs[c.key], FAILED))
@@ -328,7 +337,9 @@ class Study:
             status = KILLED
             raise
         finally:
+            t = time.perf_counter()
             counts = self._finish(parent, latest, skipped, submitted, time.monotonic() - t0, status)
+            self.timings["finish_s"] += time.perf_counter() - t
         return StudyResult(self.study_id, parent, counts, self._report_md, latest)
 
     def _finish(self, parent, latest, skipped, submitted, wall_s, status) -> dict[str, int]:
