@@ -185,27 +185,26 @@ class SlurmCluster:
                 if q.returncode != 0 or not q.stdout.strip():
                     break
                 time.sleep(0.3)
+        pids = []
         for name in ("slurmd", "slurmctld", "munged"):
             pid_file = self.pids.get(name)
-            if pid_file is None or not pid_file.exists():
-                continue
             try:
                 pid = int(pid_file.read_text().split()[0])
                 os.kill(pid, signal.SIGTERM)
-            except (ValueError, IndexError, ProcessLookupError):
+                pids.append(pid)
+            except (AttributeError, OSError, ValueError, IndexError):
                 continue
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
+        deadline = time.monotonic() + 10
+        for pid in pids:
+            while True:
                 try:
                     os.kill(pid, 0)
                 except ProcessLookupError:
                     break
-                time.sleep(0.1)
-            else:
-                try:
+                if time.monotonic() > deadline:
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                    break
+                time.sleep(0.1)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

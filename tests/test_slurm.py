@@ -155,12 +155,24 @@ needs_entry_point = pytest.mark.skipif(
 def test_mlflow_run_on_slurm_refuses_a_sqlite_store_in_one_line(tmp_path):
     project = stub_project(tmp_path / "stub")
     r = subprocess.run(
-        [str(BIN / "mlflow"), "run", str(project), "-e", "seg", "--backend", "slurm", "--env-manager", "local"]
+        [
+            str(BIN / "mlflow"),
+            "run",
+            str(project),
+            "-e",
+            "seg",
+            "--backend",
+            "slurm",
+            "--env-manager",
+            "local",
+        ]
         + ["-P", "t1=x", "-P", "sid=s1"],
         capture_output=True,
         text=True,
         timeout=120,
-        env=dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db", MLFLOW_DISABLE_TELEMETRY="true"),
+        env=dict(
+            os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db", MLFLOW_DISABLE_TELEMETRY="true"
+        ),
     )
     assert r.returncode == 1
     (line,) = [ln for ln in r.stderr.splitlines() if "is a local file" in ln]
