@@ -369,6 +369,11 @@ def test_two_jobs_packed_on_the_node_share_its_energy(env, experiment, cluster):
             e <= r.data.metrics["machine_energy_cpu_kwh"] * 3.6e6 * 1.0001
         )  # ...never more than the machine
     assert sum(energies_j) <= w * machine_cpu_s  # ...and together no more than the machine over both
+    (parent,) = client.search_runs([exp_id], "tags.`wattsup.study.role` = 'parent'")
+    report = Path(client.download_artifacts(parent.info.run_id, "study/report.md")).read_text()
+    assert "| t | estimated † |" in report and "Energy (Wh): CPU" in report
+    arts = {f.path for f in client.list_artifacts(parent.info.run_id, "study")}
+    assert {"study/report.csv", "study/energy_vs_runtime.png", "study/children.csv"} <= arts
 
 
 @pytest.mark.slow
