@@ -420,3 +420,40 @@ def test_ctrl_c_on_a_slurm_study_cancels_its_array_and_marks_the_runs(env, exper
         os.kill(pid, 0)
     job = by["s1"].data.tags["wattsup.slurm.job_id"].split("_")[0]
     assert subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip() == ""
+
+
+def test_a_task_cancelled_before_it_started_is_settled_killed_without_exit_code(env, experiment, cluster):
+    from mlflow_wattsup.mlflow_layer.backends.common import Task
+
+    client = _client(env["uri"])
+    exp_id = client.create_experiment(experiment)
+    n = cluster.cpus + 1  # one more 1-CPU task than the node has CPUs: the last one waits
+    run_ids = []
+    for _ in range(n):
+        run_id = client.create_run(exp_id).info.run_id
+        client.update_run(run_id, status="SCHEDULED")
+        run_ids.append(run_id)
+    tasks = [Task(r, "sleep 120", str(env["ctrl"]), env["uri"], exp_id) for r in run_ids]
+    cfg = slurm.SlurmConfig.from_dict({"workdir": str(env["workdir"]), "poll_s": 0.3})
+    job = slurm.submit(tasks, cfg)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = slurm.job_states(job.job_id)
+        if [states.get(i, ("?",))[0] for i in range(n)] == ["RUNNING"] * (n - 1) + ["PENDING"]:
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail(f"tasks never reached RUNNING x{n - 1} + PENDING: {states}")
+    job.cancel()
+    final = {}
+    deadline = time.monotonic() + 60
+    while not job.done and time.monotonic() < deadline:
+        final.update(slurm.settle(client, job, job.poll()))
+        time.sleep(0.3)
+    assert set(final.values()) == {"KILLED"} and len(final) == n
+    waiting = client.get_run(run_ids[-1])
+    assert waiting.info.status == "KILLED" and waiting.data.tags["wattsup.slurm.state"] == "CANCELLED"
+    assert "wattsup.exit_code" not in waiting.data.tags and waiting.info.end_time
+    started = client.get_run(run_ids[0])
+    assert started.data.tags["wattsup.exit_code"] == "143"  # its wrapper set it, SIGTERM
+    assert "wattsup.slurm.state" not in started.data.tags

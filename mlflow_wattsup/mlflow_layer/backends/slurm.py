@@ -7,6 +7,7 @@ CLI does not wait for plugin backends. The job's wrapper (:mod:`.job`) sets the 
 the job starts and FINISHED / FAILED / KILLED with the exit code when it ends; until it starts the
 run is SCHEDULED. ``mlflow.projects.run(..., backend="slurm", synchronous=True)`` waits.
 
+A run whose ``device`` parameter is ``gpu`` (or ``cuda``), and a study's gpu children, are GPU jobs.
 Backend config (JSON; every key optional): ``partition``, ``time``, ``mem``, ``cpus_per_task``,
 ``gpus`` (GPUs per GPU job, default 1, asked as ``--gres=gpu:N``), ``gres`` (an explicit gres
 string instead), ``account``, ``qos``, ``sbatch`` (extra ``#SBATCH`` lines, e.g. ``"--constraint=v100"``),
@@ -67,6 +68,10 @@ END_STATES = {
 
 #: keys MLflow adds to every backend config (besides upper-case ENV_MANAGER, SYNCHRONOUS, ...)
 MLFLOW_KEYS = ("build_image", "docker_auth")
+
+
+#: seconds a cancelled task's wrapper gets to set its run KILLED itself (it has SLURM's KillWait)
+CANCEL_GRACE_S = 10.0
 
 
 class SlurmError(RuntimeError):
@@ -265,13 +270,17 @@ class SlurmJob:
     tasks: list[Task]
     array: bool
     poll_s: float = 2.0
-    ended: dict[int, tuple[str, int]] = field(default_factory=dict)  # index -> (MLflow status, exit code)
+    #: index -> (MLflow status, exit code or -1, SLURM state) of the tasks that ended
+    ended: dict[int, tuple[str, int, str]] = field(default_factory=dict)
+    #: index -> when a cancelled task was first seen ended while its wrapper was still marking it
+    grace: dict[int, float] = field(default_factory=dict)
 
     def task_job_id(self, i: int) -> str:
         return f"{self.job_id}_{i}" if self.array else self.job_id
 
-    def poll(self) -> dict[int, tuple[str, int]]:
-        """Tasks that ended since the last poll: {index: (MLflow status, exit code)}."""
+    def poll(self) -> dict[int, tuple[str, int, str]]:
+        """Tasks that ended since the last poll: {index: (MLflow status, exit code or -1, SLURM
+        state)}."""
         states = job_states(self.job_id)
         new = {}
         for i in range(len(self.tasks)):
@@ -280,7 +289,7 @@ class SlurmJob:
             if i not in states:
                 if states:  # the job is known but this task not (yet): still pending
                     continue
-                new[i] = (FAILED, -1)  # SLURM forgot the job: the run's own status decides
+                new[i] = (FAILED, -1, "UNKNOWN")  # SLURM forgot the job: the run's own status decides
                 continue
             state, code, sig = states[i]
             base = state.split("+")[0]
@@ -290,7 +299,7 @@ class SlurmJob:
                     code = code or 128 + sig
                 elif status == KILLED and code == 0:
                     code = -1  # cancelled before it started: no exit code
-                new[i] = (status, code)
+                new[i] = (status, code, base)
         self.ended.update(new)
         return new
 
@@ -303,20 +312,27 @@ class SlurmJob:
         _run(["scancel", *ids])
 
 
-def settle(client, job: SlurmJob, new: dict[int, tuple[str, int]]) -> dict[str, str]:
+def settle(client, job: SlurmJob, new: dict[int, tuple[str, int, str]]) -> dict[str, str]:
     """Set the status of the runs whose tasks ended, where the job's wrapper did not (a job
     cancelled before it started, killed by SIGKILL, a node lost). Returns {run_id: final status}."""
     from mlflow.entities import RunTag
 
     final = {}
-    for i, (status, code) in new.items():
+    for i, (status, code, state) in new.items():
         task = job.tasks[i]
         run = client.get_run(task.run_id)
+        if run.info.status == RUNNING and status == KILLED:
+            # scancel shows CANCELLED at once, while the job's wrapper is still stopping the entry
+            # point and setting KILLED with its exit code: give it a few seconds before we do
+            first = job.grace.setdefault(i, time.monotonic())
+            if time.monotonic() - first < CANCEL_GRACE_S:
+                del job.ended[i]  # the next poll reports it again
+                continue
         tags = [RunTag(TAG_LOG, task.log)] if task.log else []
         if run.info.status in TERMINAL:
             final[task.run_id] = run.info.status
         else:
-            tags += [RunTag(TAG_JOB_ID, job.task_job_id(i)), RunTag(TAG_JOB_STATE, status)]
+            tags += [RunTag(TAG_JOB_ID, job.task_job_id(i)), RunTag(TAG_JOB_STATE, state)]
             if code >= 0:
                 tags.append(RunTag(TAG_EXIT_CODE, str(code)))
             final[task.run_id] = status
@@ -362,10 +378,11 @@ def _backend_class():
         def wait(self) -> bool:
             from mlflow.tracking import MlflowClient
 
-            while not self.job.done:
+            while True:
                 new = self.job.poll()
                 if new:
                     settle(MlflowClient(self.tracking_uri), self.job, new)
+                if self.job.done:
                     break
                 time.sleep(self.job.poll_s)
             return self._status() == FINISHED
