@@ -179,6 +179,7 @@ def test_mlflow_run_on_slurm_refuses_a_sqlite_store_in_one_line(tmp_path):
     assert "mlflow server" in line and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 @needs_entry_point
 def test_mlflow_run_cli_submits_and_the_job_sets_the_final_status(env, experiment):
     client = _client(env["uri"])
