@@ -438,9 +438,12 @@ def test_a_task_cancelled_before_it_started_is_settled_killed_without_exit_code(
     cfg = slurm.SlurmConfig.from_dict({"workdir": str(env["workdir"]), "poll_s": 0.3})
     job = slurm.submit(tasks, cfg)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # the first n-1 started (their wrappers set RUNNING), the last waits
         states = slurm.job_states(job.job_id)
-        if [states.get(i, ("?",))[0] for i in range(n)] == ["RUNNING"] * (n - 1) + ["PENDING"]:
+        marked = [client.get_run(r).info.status for r in run_ids]
+        if [states.get(i, ("?",))[0] for i in range(n)] == ["RUNNING"] * (n - 1) + ["PENDING"] and marked == [
+            "RUNNING"
+        ] * (n - 1) + ["SCHEDULED"]:
             break
         time.sleep(0.3)
     else:

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 from mlflow_wattsup.mlflow_layer.backends.common import (
     KILLED,
@@ -57,7 +58,10 @@ def run_task(task: Task) -> int:
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, forward)
-    mark_run(task.tracking_uri, task.run_id, RUNNING, {TAG_JOB_ID: job_id(), TAG_NODE: socket.gethostname()})
+    ok = mark_run(
+        task.tracking_uri, task.run_id, RUNNING, {TAG_JOB_ID: job_id(), TAG_NODE: socket.gethostname()}
+    )
+    _say(f"run {task.run_id} {'RUNNING' if ok else 'could not be set RUNNING'} (job {job_id()})")
     code = 0
     if not cancelled:
         env = dict(os.environ, **task.run_env())
@@ -74,8 +78,15 @@ def run_task(task: Task) -> int:
     status = status_from_exit(code, bool(cancelled))
     if status == KILLED and code == 0:
         code = 128 + cancelled[0]
-    mark_run(task.tracking_uri, task.run_id, status, {TAG_EXIT_CODE: str(code)})
+    if cancelled:
+        _say(f"signal {cancelled[0]}: entry point stopped")
+    ok = mark_run(task.tracking_uri, task.run_id, status, {TAG_EXIT_CODE: str(code)})
+    _say(f"run {task.run_id} {status if ok else 'NOT set ' + status} (exit code {code})")
     return code
+
+
+def _say(msg: str) -> None:
+    print(f"wattsup job {time.strftime('%H:%M:%S')}: {msg}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,7 +71,7 @@ MLFLOW_KEYS = ("build_image", "docker_auth")
 
 
 #: seconds a cancelled task's wrapper gets to set its run KILLED itself (it has SLURM's KillWait)
-CANCEL_GRACE_S = 10.0
+CANCEL_GRACE_S = 8.0
 
 
 class SlurmError(RuntimeError):
@@ -321,9 +321,10 @@ def settle(client, job: SlurmJob, new: dict[int, tuple[str, int, str]]) -> dict[
     for i, (status, code, state) in new.items():
         task = job.tasks[i]
         run = client.get_run(task.run_id)
-        if run.info.status == RUNNING and status == KILLED:
-            # scancel shows CANCELLED at once, while the job's wrapper is still stopping the entry
-            # point and setting KILLED with its exit code: give it a few seconds before we do
+        if status == KILLED and run.info.status not in TERMINAL:
+            # scancel shows CANCELLED at once, while the job's wrapper (if the task had started) is
+            # still stopping the entry point and setting KILLED with its exit code, or even still
+            # setting RUNNING: give it a few seconds before we set KILLED ourselves
             first = job.grace.setdefault(i, time.monotonic())
             if time.monotonic() - first < CANCEL_GRACE_S:
                 del job.ended[i]  # the next poll reports it again

@@ -133,6 +133,7 @@ def main(args) -> int:
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from mlflow_wattsup.mlflow_layer import study_keys as keys
     from mlflow_wattsup.mlflow_layer.backends.slurm import SlurmConfig
     from mlflow_wattsup.mlflow_layer.study import plan as planning
     from mlflow_wattsup.mlflow_layer.study import subjects as subj
@@ -204,4 +205,4 @@ def main(args) -> int:
     if result.report_markdown:
         print(result.report_markdown)
     c = result.counts
-    return 0 if c["study/finished"] == c["study/children"] else 1
+    return 0 if c[keys.STUDY_FINISHED] == c[keys.STUDY_CHILDREN] else 1

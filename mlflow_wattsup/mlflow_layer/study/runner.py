@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlflow_wattsup.mlflow_layer import study_keys as keys
 from mlflow_wattsup.mlflow_layer.backends.common import (
     FAILED,
     FINISHED,
@@ -40,23 +41,23 @@ from mlflow_wattsup.mlflow_layer.backends.common import (
 from mlflow_wattsup.mlflow_layer.study.plan import Child, Pipeline, spec_sha256
 from mlflow_wattsup.mlflow_layer.study.subjects import Subject, dataset_sha256
 
-TAG_STUDY = "wattsup.study"
-TAG_ROLE = "wattsup.study.role"
-TAG_SUBJECT = "wattsup.subject"
-TAG_PIPELINE = "wattsup.pipeline"
-TAG_DEVICE = "wattsup.device"
-TAG_HASH = "wattsup.study.params_hash"
-TAG_ATTEMPT = "wattsup.study.attempt"
-TAG_PROJECT_PIPELINE = "wattsup.study.project_pipeline"
+TAG_STUDY = keys.STUDY
+TAG_ROLE = keys.STUDY_ROLE
+TAG_SUBJECT = keys.SUBJECT
+TAG_PIPELINE = keys.PIPELINE
+TAG_DEVICE = keys.DEVICE
+TAG_HASH = keys.STUDY_PARAMS_HASH
+TAG_ATTEMPT = keys.STUDY_ATTEMPT
+TAG_PROJECT_PIPELINE = keys.STUDY_PROJECT_PIPELINE
 
 #: parent metrics (counts over the latest attempt of every planned child, and this invocation's work)
 M_CHILDREN, M_FINISHED, M_FAILED, M_KILLED = (
-    "study/children",
-    "study/finished",
-    "study/failed",
-    "study/killed",
+    keys.STUDY_CHILDREN,
+    keys.STUDY_FINISHED,
+    keys.STUDY_FAILED,
+    keys.STUDY_KILLED,
 )
-M_SKIPPED, M_SUBMITTED, M_WALL = "study/skipped", "study/submitted", "study/wall_s"
+M_SKIPPED, M_SUBMITTED, M_WALL = keys.STUDY_SKIPPED, keys.STUDY_SUBMITTED, keys.STUDY_WALL_S
 
 
 @dataclass
@@ -144,22 +145,22 @@ class Study:
             TAG_STUDY: self.study_id,
             TAG_ROLE: "parent",
             "mlflow.runName": self.study_id,
-            "wattsup.study.dataset": str(self.dataset),
-            "wattsup.study.dataset_sha256": self.dataset_sha,
-            "wattsup.study.spec_sha256": self.spec_sha,
-            "wattsup.study.backend": self.backend,
+            keys.STUDY_DATASET: str(self.dataset),
+            keys.STUDY_DATASET_SHA256: self.dataset_sha,
+            keys.STUDY_SPEC_SHA256: self.spec_sha,
+            keys.STUDY_BACKEND: self.backend,
         }
         run = self.client.create_run(self.experiment_id, tags=tags)
         params = {
-            "wattsup.study.subjects": str(len(self.subjects)),
-            "wattsup.study.pipelines": ", ".join(
+            keys.STUDY_SUBJECTS: str(len(self.subjects)),
+            keys.STUDY_PIPELINES: ", ".join(
                 f"{p.name}={p.project_dir.name}#{p.entry_point}" for p in self.pipelines
             ),
-            "wattsup.study.devices": ",".join(self.devices),
+            keys.STUDY_DEVICES: ",".join(self.devices),
         }
         for p in self.pipelines:
             for k, v in sorted(p.params.items()):
-                params[f"wattsup.study.param.{p.name}.{k}"] = v[:6000]
+                params[f"{keys.STUDY_PARAM_PREFIX}{p.name}.{k}"] = v[:6000]
         self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
         return run.info.run_id
 
@@ -217,7 +218,7 @@ class Study:
                     slurm._run(["scancel", job])
                 except slurm.SlurmError:
                     pass
-            self.client.set_tag(run.info.run_id, "wattsup.study.stale", "true")
+            self.client.set_tag(run.info.run_id, keys.STUDY_STALE, "true")
             self.client.set_terminated(run.info.run_id, KILLED)
 
     # -- executing ----------------------------------------------------------------------------
