@@ -317,3 +317,20 @@ def test_ctrl_c_cancels_children_and_marks_runs_killed(study_env, client, experi
     states = {c.data.tags["wattsup.subject"]: c.info.status for c in children}
     assert states == {"s1": "KILLED", "s2": "KILLED"}  # s2 was still waiting for the one slot
     assert parent.data.metrics["study/killed"] == 2
+
+
+def test_store_uris_children_can_use(tmp_path, monkeypatch):
+    from mlflow_wattsup.mlflow_layer.backends.common import absolute_uri, check_cluster_store, mark_run
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"  # children run elsewhere
+    assert absolute_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert absolute_uri("http://h:5000") == "http://h:5000"
+    for uri in ("sqlite:///m.db", "file:///x", "mlruns"):
+        with pytest.raises(ValueError, match="is a local file"):
+            check_cluster_store(uri)
+    check_cluster_store("http://h:5000")
+    from server import free_port
+
+    # a server that is not there: the mark fails (the waiting process settles it), it does not raise
+    assert mark_run(f"http://127.0.0.1:{free_port()}", "r1", "FINISHED", {"a": "b"}, attempts=1) is False
