@@ -55,6 +55,39 @@ DIGEST = "wattsup.digest"
 MODEL_URI = "wattsup.model_uri"
 T1 = "wattsup.t1"
 
+# -- SLURM backend and study jobs (tags) -----------------------------------------------------------
+SLURM_JOB_ID = "wattsup.slurm.job_id"
+SLURM_STATE = "wattsup.slurm.state"
+SLURM_NODE = "wattsup.slurm.node"
+JOB_LOG = "wattsup.job.log"
+
+# -- studies (tags) --------------------------------------------------------------------------------
+STUDY = "wattsup.study"
+STUDY_ROLE = "wattsup.study.role"
+STUDY_DATASET = "wattsup.study.dataset"
+STUDY_DATASET_SHA256 = "wattsup.study.dataset_sha256"
+STUDY_SPEC_SHA256 = "wattsup.study.spec_sha256"
+STUDY_BACKEND = "wattsup.study.backend"
+STUDY_PARAMS_HASH = "wattsup.study.params_hash"
+STUDY_ATTEMPT = "wattsup.study.attempt"
+STUDY_PROJECT_PIPELINE = "wattsup.study.project_pipeline"
+STUDY_STALE = "wattsup.study.stale"
+
+# -- studies (parent params) -----------------------------------------------------------------------
+STUDY_SUBJECTS = "wattsup.study.subjects"
+STUDY_PIPELINES = "wattsup.study.pipelines"
+STUDY_DEVICES = "wattsup.study.devices"
+STUDY_PARAM_PREFIX = "wattsup.study.param."  # + "<pipeline>.<key>"
+
+# -- studies (parent metrics) ----------------------------------------------------------------------
+STUDY_CHILDREN = "study/children"
+STUDY_FINISHED = "study/finished"
+STUDY_FAILED = "study/failed"
+STUDY_KILLED = "study/killed"
+STUDY_SKIPPED = "study/skipped"
+STUDY_SUBMITTED = "study/submitted"
+STUDY_WALL_S = "study/wall_s"
+
 # -- params ---------------------------------------------------------------------------------------
 PUE = "wattsup.pue"
 CARBON_INTENSITY = "wattsup.carbon_intensity_g_per_kwh"
