@@ -18,7 +18,7 @@ from mlflow_wattsup.mlflow_layer.cli import common
 from mlflow_wattsup.mlflow_layer.cli.common import EXIT_USAGE, Parser, UsageError, one_line
 
 #: subcommand modules, in the order ``wattsup --help`` lists them
-COMMANDS = ("run", "dice", "agree", "flops", "report", "plot", "imports", "regions", "flush")
+COMMANDS = ("run", "dice", "agree", "flops", "report", "plot", "imports", "regions", "flush", "study")
 
 
 def build_parser() -> Parser:
