@@ -42,6 +42,14 @@ ESTIMATE_PREFIX = "wattsup.estimate."
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # marks a training experiment in the MLflow 3 UI
 
+# -- a study's agreement of two pipelines (``wattsup study --agreement RUN:REFERENCE``) ----------
+#: parent: the pairs compared, ``RUN:REFERENCE`` comma separated
+STUDY_AGREEMENT = "wattsup.study.agreement"
+#: child: the run of the reference pipeline's child (same subject) it was compared against
+STUDY_REFERENCE_RUN = "wattsup.study.reference_run"
+#: child: the subject directory the study read its volumes and thickness from
+STUDY_SUBJECT_DIR = "wattsup.study.subject_dir"
+
 # -- params ---------------------------------------------------------------------------------------
 PUE = "wattsup.pue"
 CARBON_INTENSITY = "wattsup.carbon_intensity_g_per_kwh"
