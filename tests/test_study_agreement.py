@@ -305,3 +305,67 @@ def test_agreement_option_errors_are_one_line(env):
     assert (
         r.returncode == 2 and "no pipeline named 'x'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     )
+
+
+def test_devices_pair_with_the_reference_and_a_runs_own_dice_is_kept(env, client, experiment, tmp_path):
+    """FastSurfer on cpu and gpu, FreeSurfer on cpu only: both FastSurfer children are compared with
+    the one FreeSurfer child, one table per device; a child that scored Dice against a reference
+    of its own keeps it."""
+    import shutil
+
+    from mlflow_wattsup.mlflow_layer.study import subjects as subj
+    from mlflow_wattsup.mlflow_layer.study.agreement import StudyAgreement
+
+    subjects = subj.from_tsv(env["tsv"])
+    fa = planning.Pipeline.parse(f"fastsurfer={env['project']}#fastsurfer")
+    fs = planning.Pipeline.parse(f"freesurfer={env['project']}#freesurfer")
+    planning.assign_params(
+        [fa, fs], ["fastsurfer.sd=out/fastsurfer-{device}", "freesurfer.subjects_dir=out/fs"]
+    )
+    kids = planning.plan(subjects, [fa, fs], ["cpu", "gpu"], tmp_path)
+    assert len(kids) == 15  # freesurfer has no device parameter: cpu only
+    exp_id = client.create_experiment(experiment)
+    latest = {}
+    for c in kids:
+        run_id = client.create_run(exp_id).info.run_id
+        kind = "fastsurfer" if c.pipeline is fa else "freesurfer"
+        root = tmp_path / ("out/fs" if kind == "freesurfer" else f"out/fastsurfer-{c.device}")
+        shutil.copytree(env["ctrl"] / "outputs" / kind / c.subject.id, root / c.subject.id)
+        client.set_terminated(run_id)
+        latest[c.key] = (run_id, "FINISHED")
+    own = next(c for c in kids if c.pipeline is fa and c.device == "cpu" and c.subject.id == "sub-01")
+    client.log_metric(latest[own.key][0], "dice_labels_n", 3)
+    client.log_metric(latest[own.key][0], "dice/Left-Hippocampus", 0.91)
+    said = []
+    sa = StudyAgreement(
+        client, client.tracking_uri, exp_id, [("fastsurfer", "freesurfer")], kids, said.append, tmp_path
+    )
+    sa.compare(latest)
+    assert "10 subject(s) compared now, 0 compared before, 0 not comparable" in said[-1]
+    ref = {c.subject.id: latest[c.key][0] for c in kids if c.pipeline is fs}
+    for c in kids:
+        if c.pipeline is not fa:
+            continue
+        run = client.get_run(latest[c.key][0])
+        assert run.data.tags["wattsup.study.reference_run"] == ref[c.subject.id]
+        assert run.data.tags["wattsup.study.subject_dir"] == str(
+            tmp_path / f"out/fastsurfer-{c.device}" / c.subject.id
+        )
+        dice = run.data.tags["wattsup.agree.dice"]
+        assert dice.startswith("n/a: the run scored Dice") == (c is own)
+    assert [m.value for m in client.get_metric_history(latest[own.key][0], "dice/Left-Hippocampus")] == [0.91]
+    tables = dict(sa.tables(latest))
+    assert sorted(tables) == [
+        "agreement_fastsurfer_vs_freesurfer_cpu",
+        "agreement_fastsurfer_vs_freesurfer_gpu",
+    ]
+    gpu = tables["agreement_fastsurfer_vs_freesurfer_gpu"]
+    assert (gpu.a, gpu.b, gpu.subjects) == ("fastsurfer gpu", "freesurfer", SUBJECTS)
+    row = next(r for r in gpu.rows if r.name == "ctx-rh-insula")
+    x = [fastsurfer_values(i)[1]["rh"]["insula"] for i in range(5)]
+    y = [freesurfer_values(i)[1]["rh"]["insula"] for i in range(5)]
+    assert row.icc == pytest.approx(icc21_by_hand(x, y), rel=1e-9) and row.r == pytest.approx(
+        r_by_hand(x, y), rel=1e-9
+    )
+    sa.compare(latest)  # again: nothing new
+    assert "0 subject(s) compared now, 10 compared before" in said[-1]

@@ -198,9 +198,7 @@ class StudyAgreement:
                         )
                 sink.set_tags(tags)
         except Exception as exc:  # the store, not the files: a resumed study tries again
-            self.log(
-                f"  agreement: {name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            )
+            self.log(f"  agreement: {name}: {type(exc).__name__}: {_first_line(exc)}")
             return False
         if "error" in out:
             self.log(f"  agreement: {name}: {out['error']}")
@@ -208,7 +206,14 @@ class StudyAgreement:
 
     def compare(self, latest: dict) -> None:
         """Log the comparisons (and the references' own values) not logged yet; ``latest`` maps a
-        child's key to (run id, status) of its latest attempt."""
+        child's key to (run id, status) of its latest attempt. Never raises (the children's
+        measurements come first): a store error is said, and a resumed study tries again."""
+        try:
+            self._compare(latest)
+        except Exception as exc:
+            self.log(f"agreement: not logged ({type(exc).__name__}: {_first_line(exc)}); run the study again")
+
+    def _compare(self, latest: dict) -> None:
         done, skipped, notes = 0, 0, []
         pending: list[tuple[Child, str, Child | None, str, bool]] = []
         involved = {}
@@ -299,7 +304,12 @@ class StudyAgreement:
         into ``out/report.md``; returns the report's markdown."""
         self.client.set_tag(parent, keys.STUDY_AGREEMENT, ",".join(f"{a}:{b}" for a, b in self.pairs))
         blocks = []
-        for stem, table in self.tables(latest):
+        try:
+            tables = self.tables(latest)
+        except Exception as exc:  # the cost table and plots still go out
+            self.log(f"agreement: no table ({type(exc).__name__}: {_first_line(exc)})")
+            return report_md
+        for stem, table in tables:
             (out / f"{stem}.csv").write_text(table.to_csv(), encoding="utf-8")
             blocks.append(table.to_markdown())
         md = "\n\n".join([report_md.rstrip("\n")] + blocks if report_md else blocks).rstrip("\n")
@@ -319,3 +329,7 @@ def _values(run) -> dict[str, dict[str, float]] | None:
 
 def _file(name: str) -> str:
     return _FILE_OK.sub("_", name)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else ""
