@@ -88,6 +88,14 @@ STUDY_SKIPPED = "study/skipped"
 STUDY_SUBMITTED = "study/submitted"
 STUDY_WALL_S = "study/wall_s"
 
+# -- a study's agreement of two pipelines (``wattsup study --agreement RUN:REFERENCE``) ----------
+#: parent: the pairs compared, ``RUN:REFERENCE`` comma separated
+STUDY_AGREEMENT = "wattsup.study.agreement"
+#: child: the run of the reference pipeline's child (same subject) it was compared against
+STUDY_REFERENCE_RUN = "wattsup.study.reference_run"
+#: child: the subject directory the study read its volumes and thickness from
+STUDY_SUBJECT_DIR = "wattsup.study.subject_dir"
+
 # -- params ---------------------------------------------------------------------------------------
 PUE = "wattsup.pue"
 CARBON_INTENSITY = "wattsup.carbon_intensity_g_per_kwh"

@@ -80,6 +80,18 @@ def register(sub) -> None:
         default="{subject}/**/*aseg*",
         help="BIDS: glob under --reference-dir, {subject} {session} {id} filled in (default {subject}/**/*aseg*)",
     )
+    p.add_argument(
+        "--agreement",
+        action="append",
+        default=[],
+        metavar="RUN:REFERENCE",
+        help="compare pipeline RUN with pipeline REFERENCE subject by subject (e.g. fastsurfer:freesurfer): once "
+        "both children of a subject FINISHED, RUN's child gets its volume and thickness differences from "
+        "REFERENCE's subject directory (and Dice of the segmentations), REFERENCE's child its own values, and "
+        "the report adds per structure N, Pearson r and ICC(2,1) across subjects under the cost table. Subject "
+        "directories come from each child's sd or subjects_dir and sid parameters (repeatable, one reference "
+        "per pipeline)",
+    )
     p.add_argument("--workdir", help="logs, manifests and the report (default ./wattsup-studies/<study id>)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     p.set_defaults(func=main)
@@ -137,6 +149,7 @@ def main(args) -> int:
     from mlflow_wattsup.mlflow_layer.backends.slurm import SlurmConfig
     from mlflow_wattsup.mlflow_layer.study import plan as planning
     from mlflow_wattsup.mlflow_layer.study import subjects as subj
+    from mlflow_wattsup.mlflow_layer.study.agreement import parse_pairs
     from mlflow_wattsup.mlflow_layer.study.runner import Study, default_max_jobs
 
     if args.retries < 0:
@@ -157,6 +170,7 @@ def main(args) -> int:
         workdir = Path(args.workdir).absolute() if args.workdir else None
         provisional = workdir or Path("wattsup-studies").absolute() / (name or "study")
         children = planning.plan(subjects, pipelines, devices, provisional)
+        pairs = parse_pairs(args.agreement, pipelines)
     except (subj.SubjectsError, planning.PlanError) as exc:
         raise UsageError(str(exc)) from None
     if args.dry_run:
@@ -166,6 +180,8 @@ def main(args) -> int:
                 + " ".join(f"{k}={v}" for k, v in c.params.items())
             )
         print(f"{len(children)} children")
+        for a, b in pairs:
+            print(f"agreement: {a} against {b}, per subject")
         return 0
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
@@ -192,6 +208,7 @@ def main(args) -> int:
         gpus_per_job=args.gpus_per_job,
         slurm_config=cfg,
         workdir=workdir,
+        agreement=pairs,
     )
     if workdir is None and study.workdir != provisional:  # {workdir} in params: the study's real folder
         children[:] = planning.plan(subjects, pipelines, devices, study.workdir)

@@ -38,6 +38,7 @@ from mlflow_wattsup.mlflow_layer.backends.common import (
     absolute_uri,
     check_cluster_store,
 )
+from mlflow_wattsup.mlflow_layer.study.agreement import StudyAgreement
 from mlflow_wattsup.mlflow_layer.study.plan import Child, Pipeline, spec_sha256
 from mlflow_wattsup.mlflow_layer.study.subjects import Subject, dataset_sha256
 
@@ -94,6 +95,7 @@ class Study:
         slurm_config: dict | None = None,
         workdir: str | Path | None = None,
         log: Callable[[str], None] | None = None,
+        agreement: list[tuple[str, str]] | None = None,
     ):
         self.client = client
         self.uri = absolute_uri(client.tracking_uri)
@@ -112,6 +114,12 @@ class Study:
         self.slurm_config = dict(slurm_config or {})
         self.workdir = Path(workdir or Path("wattsup-studies") / self.study_id).absolute()
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        #: (run pipeline, reference pipeline) pairs compared subject by subject (study/agreement.py)
+        self.agreement = (
+            StudyAgreement(client, self.uri, self.experiment_id, agreement, children, self.log)
+            if agreement
+            else None
+        )
         self._logs: dict[str, str] = {}  # run id -> its job's output file
         #: wall seconds of this invocation's phases: create (child runs), submit (sbatch, slurm
         #: only), execute (from the first start to the last end, submission included), finish
@@ -334,6 +342,8 @@ class Study:
                     self.log(
                         f"study {self.study_id}: {len(todo)} failed, retry {round_ + 1} of {self.retries}"
                     )
+            if self.agreement is not None:
+                self.agreement.compare(latest)
         except BaseException:
             status = KILLED
             raise
@@ -417,6 +427,8 @@ class Study:
                     fn(out / name)
                 except ValueError:  # nothing to plot (no energy, or no Dice)
                     pass
+        if self.agreement is not None:  # the agreement across subjects, under the cost table
+            self._report_md = self.agreement.write(parent, out, latest, self._report_md)
         self.client.log_artifacts(parent, str(out), artifact_path="study")
 
     def _retag(self, rows, by_run: dict[str, Child]) -> None:
