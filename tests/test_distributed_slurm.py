@@ -47,12 +47,14 @@ def _srun(cluster, args, **kw):
 def test_the_environment_of_srun_tasks_and_of_a_batch_script(cluster, tmp_path):
     """What discover() reads is what this SLURM gives: two tasks of one step, and a batch script
     (no step id) is not a distributed job."""
-    dump = "import json, os; print(json.dumps(dict(os.environ)))"
-    p = _srun(cluster, ["-n", "2", "-N", "1", sys.executable, "-c", dump])
+    # each task writes its own file: two tasks printing at once can interleave on srun's stdout
+    dump = "import json, os, sys; open(sys.argv[1] + os.environ['SLURM_PROCID'], 'w').write(json.dumps(dict(os.environ)))"
+    p = _srun(cluster, ["-n", "2", "-N", "1", sys.executable, "-c", dump, str(tmp_path / "task")])
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     ctxs = sorted(
-        (discover(__import__("json").loads(line)) for line in out.splitlines()), key=lambda c: c.rank
+        (discover(__import__("json").loads((tmp_path / f"task{i}").read_text())) for i in (0, 1)),
+        key=lambda c: c.rank,
     )
     assert [(c.launcher, c.rank, c.local_rank, c.world_size, c.nodes) for c in ctxs] == [
         ("slurm", 0, 0, 2, 1),
@@ -60,7 +62,8 @@ def test_the_environment_of_srun_tasks_and_of_a_batch_script(cluster, tmp_path):
     ]
     assert ctxs[0].job_key == ctxs[1].job_key and ctxs[0].host == ctxs[1].host == "localhost"
     script = tmp_path / "batch.sh"
-    script.write_text(f"#!/bin/sh\n{sys.executable} -c '{dump}' > {tmp_path}/env.json\n")
+    batch_dump = "import json, os; print(json.dumps(dict(os.environ)))"
+    script.write_text(f"#!/bin/sh\n{sys.executable} -c '{batch_dump}' > {tmp_path}/env.json\n")
     b = subprocess.run(
         ["sbatch", "--wait", "-n", "2", "-o", str(tmp_path / "out"), str(script)],
         env={**os.environ, **cluster.env},

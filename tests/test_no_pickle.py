@@ -31,5 +31,5 @@ def test_no_plain_unpickling():
 
 
 def test_models_are_logged_as_pt2_not_pickle():
-    src = (PKG / "projects" / "segmentation.py").read_text()
+    src = (PKG / "mlflow_layer" / "projects" / "segmentation.py").read_text()
     assert 'serialization_format="pt2"' in src

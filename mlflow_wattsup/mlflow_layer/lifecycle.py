@@ -33,17 +33,15 @@ def command_tag(cmd: Sequence[str]) -> str:
 
 
 def experiment_wanted(name: str | None) -> dict[str, str | None]:
-    """Which experiment a new run goes to: ``name``, else ``$MLFLOW_EXPERIMENT_ID``, else
-    ``$MLFLOW_EXPERIMENT_NAME``, else Default (MLflow's own convention)."""
+    """Which experiment a new run goes to: ``name``, else ``$MLFLOW_EXPERIMENT_NAME``, else
+    ``$MLFLOW_EXPERIMENT_ID``, else Default (MLflow's own order)."""
+    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
     if name:
         return {"experiment_name": name, "experiment_id": None}
     env_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
     if env_id:
         return {"experiment_name": None, "experiment_id": env_id}
-    return {
-        "experiment_name": os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT,
-        "experiment_id": None,
-    }
+    return {"experiment_name": DEFAULT_EXPERIMENT, "experiment_id": None}
 
 
 def new_run_tags(tags: Mapping[str, str] | None = None) -> dict[str, str]:

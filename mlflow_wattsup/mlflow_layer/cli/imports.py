@@ -22,7 +22,7 @@ def register(sub) -> None:
     imp.add_argument("paths", nargs="+", metavar="PATH")
     imp.add_argument(
         "--experiment",
-        help="default: $MLFLOW_EXPERIMENT_ID / $MLFLOW_EXPERIMENT_NAME, else eit-import / codecarbon-import",
+        help="default: $MLFLOW_EXPERIMENT_NAME / $MLFLOW_EXPERIMENT_ID, else eit-import / codecarbon-import",
     )
     imp.add_argument(
         "--pue", help="PUE for carbon (EIT default 1.58, EIT's own default; CodeCarbon: the row's)"
