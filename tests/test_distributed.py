@@ -601,3 +601,46 @@ def test_gpus_nvml_cannot_map_are_capped_at_the_device(tracking_uri, experiment)
     assert m["rank/0/energy_gpu_kwh"] == m["rank/1/energy_gpu_kwh"] == pytest.approx(_kwh(3000), rel=1e-9)
     assert m["energy_gpu_kwh"] == pytest.approx(_kwh(3000), rel=1e-9)  # not 6000
     assert t[keys.DIST_CAPPED] == "gpuhost: gpu" and t[keys.GPU_ATTRIBUTION] == "device"
+
+
+def test_takeover_races_one_taker_and_a_late_agent_0_leaves_the_ended_run(
+    tracking_uri, client, experiment, monkeypatch
+):
+    """Agents 1 and 2 finish together while agent 0 is silent: only agent 1 takes over; agent 0
+    finishing afterwards finds the run ended and leaves it (status, end time, missing)."""
+    import threading
+
+    from mlflow_wattsup.analysis.carbon import CarbonConfig
+    from mlflow_wattsup.meters.proctree import ProcessTreeMeter
+    from mlflow_wattsup.mlflow_layer.distributed import JoinedRun
+    from mlflow_wattsup.tracking.distributed import JobContext
+    from mlflow_wattsup.tracking.tracker import Tracker
+
+    monkeypatch.setenv("WATTSUP_DIST_TAKEOVER_S", "1")
+    monkeypatch.setenv("WATTSUP_DIST_REPORT_S", "2")
+    job, carbon, runs = uuid.uuid4().hex, CarbonConfig.resolve(None, None, None), []
+    for a in range(3):
+        ctx = JobContext("slurm", job, a, 3, 0, 1, a, 3, f"h{a}")
+        run = JoinedRun(ctx, "rank", experiment=experiment, run_name="race", echo=None, flush_interval_s=0)
+        run.record(
+            Tracker(ProcessTreeMeter(root_pid=os.getpid()), interval_s=60, rapl=False, nvml=False), carbon
+        )
+        runs.append(run)
+    others = [threading.Thread(target=r.finish, args=("FINISHED", 0)) for r in runs[1:]]
+    for t in others:
+        t.start()
+    for t in others:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in others)
+    assert [r._took_over for r in runs[1:]] == [True, False]
+    r = client.get_run(runs[0].run_id)
+    missing = "agent 0: joined: host h0, rank 0, local rank 0, no report"
+    assert r.info.status == "FAILED" and r.data.tags[keys.DIST_MISSING] == missing
+    assert r.data.tags[keys.DIST_TAKEOVER].startswith("agent 1 took over")
+    runs[0].finish("FINISHED", 0)  # agent 0 comes back late
+    late = client.get_run(runs[0].run_id)
+    assert late.info.status == "FAILED" and late.info.end_time == r.info.end_time
+    assert late.data.tags[keys.DIST_MISSING] == missing and late.data.tags[keys.DIST_HOSTS] == "h1,h2"
+    assert late.data.tags[keys.STATUS] == "FAILED"
+    assert AgentReport.from_json(late.data.tags[keys.dist_agent_tag(0)]).host == "h0"  # kept, not counted
+    assert late.data.metrics["cpu_time_s"] == r.data.metrics["cpu_time_s"]
