@@ -133,13 +133,14 @@ class JoinedRun(TrackedRun):
             **keys.dist_tags(ctx.launcher, ctx.job_key, mode, self.agents),
         }
         explicit = run_id or self._given(kw.get("join_active", True))
-        alone = None
+        alone, found = None, False
         if not self.leader and explicit is None:
             from mlflow.tracking import MlflowClient
 
             client = MlflowClient(kw.get("tracking_uri"))
             wait_s = _seconds(JOIN_ENV, 120.0)
             explicit = find_job_run(client, ctx.job_key, kw.get("experiment"), wait_s)
+            found = explicit is not None
             if explicit is None:
                 alone = (
                     f"agent {self.agent} found no running run of job {ctx.job_key} after {wait_s:g} s "
@@ -151,6 +152,7 @@ class JoinedRun(TrackedRun):
             kw["fluent"] = False  # only agent 0 may own MLflow's active run
         super().__init__(run_id=explicit, tags=tags, **kw)
         self._alone = alone
+        self._found = found  # agent 0 created the run (not given): it ends it, or we take over
         if alone is not None:
             self.leader, self.agents = True, 1  # a job of its own, so it ends its run itself
             self.sink.set_tags({keys.warning_tag("dist"): alone, **tags})
@@ -203,7 +205,7 @@ class JoinedRun(TrackedRun):
             report = self._report(own, status, exit_code)
             self.sink.set_tags({keys.dist_agent_tag(self.agent): report.to_json()})
             self.totals = own
-            if not self.leader and self.agents > 1 and self.run_id is not None:
+            if not self.leader and self._found and self.agents > 1 and self.run_id is not None:
                 self.sink.flush()
                 self._took_over = self._await_leader()
                 self.leader = self.created = self._took_over
@@ -256,6 +258,7 @@ class JoinedRun(TrackedRun):
         the lowest-numbered agent that reported, or the next once the one before stayed quiet)."""
         margin_s = _seconds(TAKEOVER_ENV, 60.0)
         report_s = _seconds(REPORT_ENV, 120.0)
+        poll_s = max(POLL_S, min(5.0, margin_s / 10))  # many agents may wait on one store
         seen, changed = None, time.monotonic()
         while True:
             now = time.monotonic()
@@ -267,7 +270,7 @@ class JoinedRun(TrackedRun):
                         f"tracking store unreachable: agent {self.agent} cannot see run {self.run_id} end"
                     )
                     return False
-                time.sleep(POLL_S)
+                time.sleep(poll_s)
                 continue
             if run.info.status != "RUNNING":
                 return False
@@ -297,7 +300,7 @@ class JoinedRun(TrackedRun):
                 self.sink.flush()
                 self._say(why)
                 return True
-            time.sleep(POLL_S)
+            time.sleep(poll_s)
 
     def _describes(self) -> bool:
         return self.leader  # the run is described once, by agent 0, after the totals
