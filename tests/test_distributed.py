@@ -316,6 +316,43 @@ def test_a_failed_rank_fails_the_run_and_a_dead_agent_is_named(tracking_uri, cli
     assert len(client_runs) == 1
 
 
+def test_a_dead_agent_0_is_taken_over_by_the_lowest_agent_that_reported(
+    tracking_uri, client, experiment, tmp_path
+):
+    job = uuid.uuid4().hex[:8]
+    hosts = ["hosta", "hostb", "hostc"]
+    knobs = {"WATTSUP_DIST_REPORT_S": "4", "WATTSUP_DIST_TAKEOVER_S": "2"}
+    procs, fakes, go = _start_agents(tmp_path, experiment, job, hosts, codes=(0, 0, 0), extra=knobs)
+    run = _job_run(client, experiment)
+    _wait_joined(client, run.info.run_id, 3, procs)
+    for i, f in enumerate(fakes):
+        f.add("intel-rapl:0", (i + 1) * 10_000_000)  # 10 J on host a, 20 J on b, 30 J on c
+    os.kill(procs[0].pid, signal.SIGKILL)  # agent 0 (it created the run) dies: nobody else ends it
+    procs[0].wait(timeout=30)
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs[1:]]
+    assert [p.returncode for p in procs[1:]] == [0, 0], outs
+    r = client.get_run(run.info.run_id)
+    m, t = r.data.metrics, r.data.tags
+    assert r.info.status == "FAILED" and t[keys.STATUS] == "FAILED"
+    assert t[keys.DIST_MISSING] == "agent 0: joined: host hosta, rank 0, local rank 0, no report"
+    assert t[keys.DIST_TAKEOVER].startswith("agent 1 took over: run still RUNNING, quiet for ")
+    assert t[keys.DIST_TAKEOVER].endswith(", no report from agent 0")
+    assert t[keys.DIST_HOSTS] == "hostb,hostc"
+    reports = [AgentReport.from_json(t[keys.dist_agent_tag(a)]) for a in (1, 2)]
+    assert [rep.status for rep in reports] == ["FINISHED", "FINISHED"]
+    assert m["machine_energy_cpu_kwh"] == pytest.approx(_kwh(50), rel=1e-9)  # hosts b and c only
+    assert m["host/hostb/machine_energy_cpu_kwh"] == pytest.approx(_kwh(20), rel=1e-9)
+    total = reports[0].energy + reports[1].energy
+    assert m["energy_kwh"] == pytest.approx(_kwh(total.total_j), rel=1e-9)
+    assert m["cpu_time_s"] == pytest.approx(reports[0].cpu_s + reports[1].cpu_s)
+    assert "host/hosta/machine_energy_cpu_kwh" not in m and "rank/0/energy_kwh" not in m
+    assert keys.EXIT_CODE not in t, "agent 0's command's exit code is unknown"
+    assert "agent 2 took over" not in outs[1][1], "only the lowest reporting agent takes over"
+    assert len(client.search_runs([r.info.experiment_id])) == 1
+    _all_documented(r)
+
+
 TRACKED = (
     "import os, sys, time\n"
     "import mlflow_wattsup\n"
@@ -523,8 +560,14 @@ def _gpu_agents(tracking_uri, experiment, pids, procs_of):
         run.record(tracker, carbon)
         runs.append(run)
     FakeNvml(gpus).advance(10.0)  # the hardware: one set of devices for both agents
-    runs[1].finish("FINISHED", 0)
+    import threading
+
+    # agents are separate processes: agent 1 waits (after its report) for agent 0 to end the run
+    other = threading.Thread(target=runs[1].finish, args=("FINISHED", 0))
+    other.start()
     runs[0].finish("FINISHED", 0)
+    other.join(timeout=60)
+    assert not other.is_alive(), "agent 1 saw the run end"
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri).get_run(runs[0].run_id)
@@ -558,3 +601,46 @@ def test_gpus_nvml_cannot_map_are_capped_at_the_device(tracking_uri, experiment)
     assert m["rank/0/energy_gpu_kwh"] == m["rank/1/energy_gpu_kwh"] == pytest.approx(_kwh(3000), rel=1e-9)
     assert m["energy_gpu_kwh"] == pytest.approx(_kwh(3000), rel=1e-9)  # not 6000
     assert t[keys.DIST_CAPPED] == "gpuhost: gpu" and t[keys.GPU_ATTRIBUTION] == "device"
+
+
+def test_takeover_races_one_taker_and_a_late_agent_0_leaves_the_ended_run(
+    tracking_uri, client, experiment, monkeypatch
+):
+    """Agents 1 and 2 finish together while agent 0 is silent: only agent 1 takes over; agent 0
+    finishing afterwards finds the run ended and leaves it (status, end time, missing)."""
+    import threading
+
+    from mlflow_wattsup.analysis.carbon import CarbonConfig
+    from mlflow_wattsup.meters.proctree import ProcessTreeMeter
+    from mlflow_wattsup.mlflow_layer.distributed import JoinedRun
+    from mlflow_wattsup.tracking.distributed import JobContext
+    from mlflow_wattsup.tracking.tracker import Tracker
+
+    monkeypatch.setenv("WATTSUP_DIST_TAKEOVER_S", "1")
+    monkeypatch.setenv("WATTSUP_DIST_REPORT_S", "2")
+    job, carbon, runs = uuid.uuid4().hex, CarbonConfig.resolve(None, None, None), []
+    for a in range(3):
+        ctx = JobContext("slurm", job, a, 3, 0, 1, a, 3, f"h{a}")
+        run = JoinedRun(ctx, "rank", experiment=experiment, run_name="race", echo=None, flush_interval_s=0)
+        run.record(
+            Tracker(ProcessTreeMeter(root_pid=os.getpid()), interval_s=60, rapl=False, nvml=False), carbon
+        )
+        runs.append(run)
+    others = [threading.Thread(target=r.finish, args=("FINISHED", 0)) for r in runs[1:]]
+    for t in others:
+        t.start()
+    for t in others:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in others)
+    assert [r._took_over for r in runs[1:]] == [True, False]
+    r = client.get_run(runs[0].run_id)
+    missing = "agent 0: joined: host h0, rank 0, local rank 0, no report"
+    assert r.info.status == "FAILED" and r.data.tags[keys.DIST_MISSING] == missing
+    assert r.data.tags[keys.DIST_TAKEOVER].startswith("agent 1 took over")
+    runs[0].finish("FINISHED", 0)  # agent 0 comes back late
+    late = client.get_run(runs[0].run_id)
+    assert late.info.status == "FAILED" and late.info.end_time == r.info.end_time
+    assert late.data.tags[keys.DIST_MISSING] == missing and late.data.tags[keys.DIST_HOSTS] == "h1,h2"
+    assert late.data.tags[keys.STATUS] == "FAILED"
+    assert AgentReport.from_json(late.data.tags[keys.dist_agent_tag(0)]).host == "h0"  # kept, not counted
+    assert late.data.metrics["cpu_time_s"] == r.data.metrics["cpu_time_s"]

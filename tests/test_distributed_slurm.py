@@ -168,3 +168,31 @@ def test_srun_a_task_killed_ends_the_run_failed_and_names_it(
     rep0 = AgentReport.from_json(t[keys.dist_agent_tag(0)])
     assert m["energy_kwh"] == pytest.approx(_kwh(rep0.energy.total_j), rel=1e-9)  # what reported
     assert len(client.search_runs([r.info.experiment_id])) == 1
+
+
+@pytest.mark.slow
+def test_srun_agent_0_killed_the_other_task_takes_over_and_ends_the_run(
+    cluster, tracking_uri, client, experiment, tmp_path
+):
+    script = tmp_path / "waiter.py"
+    script.write_text(WAITER)
+    go = tmp_path / "go"
+    knobs = "ALL,WATTSUP_DIST_REPORT_S=4,WATTSUP_DIST_TAKEOVER_S=2"  # within the cluster's KillWait=5
+    cmd = ["-n", "2", "-N", "1", "--export", knobs, *WATTSUP, "run", "--experiment", experiment]
+    cmd += ["--interval", "0.2", "--quiet", "--", sys.executable, str(script), str(go), "0"]
+    p = _srun(cluster, cmd)
+    run = _job_run(client, experiment)
+    tags = _wait_joined(client, run.info.run_id, 2, [p])
+    job_id = tags[keys.DIST_JOB].split(":")[2].split(".")[0]
+    os.kill(_agent_pid(job_id, 0), signal.SIGKILL)  # task 0's agent (it created the run) dies
+    go.touch()
+    out = p.communicate(timeout=180)
+    assert p.returncode != 0, out  # srun reports the killed task
+    r = client.get_run(run.info.run_id)
+    t, m = r.data.tags, r.data.metrics
+    assert r.info.status == "FAILED" and t[keys.STATUS] == "FAILED", out
+    assert t[keys.DIST_MISSING] == "agent 0: joined: host localhost, rank 0, local rank 0, no report"
+    assert t[keys.DIST_TAKEOVER].startswith("agent 1 took over")
+    rep1 = AgentReport.from_json(t[keys.dist_agent_tag(1)])
+    assert m["energy_kwh"] == pytest.approx(_kwh(rep1.energy.total_j), rel=1e-9)  # what reported
+    assert len(client.search_runs([r.info.experiment_id])) == 1

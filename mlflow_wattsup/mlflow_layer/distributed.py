@@ -19,11 +19,25 @@ report (up to ``$WATTSUP_DIST_REPORT_S``, default 120 s, after its own end), add
 :func:`mlflow_wattsup.tracking.distributed.combine`, logs the run's totals and the per-host
 (and, in rank mode, per-rank) breakdown, and ends the run: FAILED when an agent failed or did
 not report, with ``wattsup.dist.missing`` saying which.
+
+When agent 0 dies (SIGKILL, node loss), the others take over, so that no run stays RUNNING: after
+writing its report, every other agent waits for the run to leave RUNNING. It watches the run's
+activity (the agents' report tags and agent 0's power series); once that has been quiet for
+``$WATTSUP_DIST_TAKEOVER_S`` (default 60 s; plus ``$WATTSUP_DIST_REPORT_S`` when agent 0 has
+reported, i.e. may be waiting for the others), the lowest-numbered agent that reported tags the
+run ``wattsup.dist.takeover``, collects the reports as agent 0 would, logs the same totals and
+breakdowns and ends the run FAILED with ``wattsup.dist.missing`` naming agent 0. The next agents
+in order wait one more ``$WATTSUP_DIST_TAKEOVER_S`` each (in case the one taking over dies too).
+Whoever finds the run already ended (by agent 0 or by a takeover) leaves it as it is: the status
+is read right before the totals are written and again right before the run is ended (MLflow has
+no conditional update, so a window of one poll remains between an agent 0 silent for
+``$WATTSUP_DIST_TAKEOVER_S`` yet alive and a takeover).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -44,6 +58,7 @@ from mlflow_wattsup.tracking.tracker import SampleBuffer, Totals, Tracker
 
 JOIN_ENV = "WATTSUP_DIST_JOIN_S"
 REPORT_ENV = "WATTSUP_DIST_REPORT_S"
+TAKEOVER_ENV = "WATTSUP_DIST_TAKEOVER_S"
 POLL_S = 0.5
 _SEVERITY = {"FINISHED": 0, "KILLED": 1, "FAILED": 2}
 
@@ -118,13 +133,14 @@ class JoinedRun(TrackedRun):
             **keys.dist_tags(ctx.launcher, ctx.job_key, mode, self.agents),
         }
         explicit = run_id or self._given(kw.get("join_active", True))
-        alone = None
+        alone, found = None, False
         if not self.leader and explicit is None:
             from mlflow.tracking import MlflowClient
 
             client = MlflowClient(kw.get("tracking_uri"))
             wait_s = _seconds(JOIN_ENV, 120.0)
             explicit = find_job_run(client, ctx.job_key, kw.get("experiment"), wait_s)
+            found = explicit is not None
             if explicit is None:
                 alone = (
                     f"agent {self.agent} found no running run of job {ctx.job_key} after {wait_s:g} s "
@@ -136,6 +152,7 @@ class JoinedRun(TrackedRun):
             kw["fluent"] = False  # only agent 0 may own MLflow's active run
         super().__init__(run_id=explicit, tags=tags, **kw)
         self._alone = alone
+        self._found = found  # agent 0 created the run (not given): it ends it, or we take over
         if alone is not None:
             self.leader, self.agents = True, 1  # a job of its own, so it ends its run itself
             self.sink.set_tags({keys.warning_tag("dist"): alone, **tags})
@@ -178,23 +195,112 @@ class JoinedRun(TrackedRun):
         extra_tags: Mapping[str, str] | None,
         before_close: Callable[[], None] | None,
     ) -> str:
-        """End this agent: write its report; agent 0 also waits for the others, logs the totals
-        and returns the run's status (made worse by the others' failures or absence)."""
+        """End this agent: write its report; agent 0 (or the agent taking over from a dead
+        agent 0) also waits for the others, logs the totals and returns the run's status (made
+        worse by the others' failures or absence)."""
         rec = self.recording
+        first = self.leader  # agent 0 itself (or an agent alone in its own run)
         if rec is not None:
             own = rec.tracker.stop()
             report = self._report(own, status, exit_code)
             self.sink.set_tags({keys.dist_agent_tag(self.agent): report.to_json()})
             self.totals = own
+            if not self.leader and self._found and self.agents > 1 and self.run_id is not None:
+                self.sink.flush()
+                self._took_over = self._await_leader()
+                self.leader = self.created = self._took_over
             if self.leader:
-                self.job = self._collect(report)
-                status = worst(status, self.job.status)
-                self.totals = self._log_totals(rec, self.job, own, status, exit_code)
+                dead = () if first else tuple(self._silent)
+                self.job = self._collect(report, dead=dead)
+                ended = self._ended_by_other()
+                if ended is not None:  # the job's run was ended meanwhile: leave it as it is
+                    self.leader = self.created = False
+                    self._say(f"run {self.run_id} was already ended ({ended}): agent {self.agent} left it")
+                else:
+                    status = worst(status, self.job.status)
+                    code = exit_code if first else None  # agent 0's command's exit code is unknown
+                    self.totals = self._log_totals(rec, self.job, own, status, code)
         if extra_tags:
             self.sink.set_tags(extra_tags)
-        if before_close is not None and self.leader:
+        if before_close is not None and self.leader and first:
             before_close()
         return status
+
+    _took_over = False
+    _silent: tuple[int, ...] = ()
+
+    def _say(self, text: str) -> None:
+        if self.echo is not None:
+            print(f"wattsup: {text}", file=self.echo)
+
+    def _ended_by_other(self) -> str | None:
+        """The run's status when it is no longer RUNNING, or when another agent took it over;
+        None while it is ours to end (a store that does not answer counts as ours: spooled)."""
+        try:
+            run = self.client.get_run(self.run_id)
+        except Exception:
+            return None
+        if run.info.status != "RUNNING":
+            return run.info.status
+        taker = run.data.tags.get(keys.DIST_TAKEOVER, "")
+        if taker and not taker.startswith(f"agent {self.agent} "):
+            return f"taken over: {taker}"
+        return None
+
+    def _close(self, status: str) -> None:
+        if self._took_over and self.created and self._ended_by_other() is not None:
+            self.created = False  # ended while we wrote the totals: do not end it a second time
+        super()._close(status)
+
+    def _await_leader(self) -> bool:
+        """An agent other than 0, after its report: wait for the run to leave RUNNING. True when
+        this agent must take over (module docstring: agent 0 quiet for the takeover time, this
+        the lowest-numbered agent that reported, or the next once the one before stayed quiet)."""
+        margin_s = _seconds(TAKEOVER_ENV, 60.0)
+        report_s = _seconds(REPORT_ENV, 120.0)
+        poll_s = max(POLL_S, min(5.0, margin_s / 10))  # many agents may wait on one store
+        seen, changed = None, time.monotonic()
+        while True:
+            now = time.monotonic()
+            try:
+                run = self.client.get_run(self.run_id)
+            except Exception:  # the store does not answer: nobody can end the run now
+                if now - changed >= margin_s + report_s:
+                    self._say(
+                        f"tracking store unreachable: agent {self.agent} cannot see run {self.run_id} end"
+                    )
+                    return False
+                time.sleep(poll_s)
+                continue
+            if run.info.status != "RUNNING":
+                return False
+            tags = run.data.tags
+            reports = {a: v for k, v in tags.items() if (a := keys.dist_agent_of(k)) is not None}
+            reported = sorted(a for a, v in reports.items() if v.startswith("{") and 0 < a < self.agents)
+            lead = _leader_series_prefix(self.mode, reports.get(0, ""))
+            beats = tuple(
+                sorted(
+                    (m.key, m.timestamp, m.step)
+                    for m in getattr(run.data, "_metric_objs", ())  # the latest point per key
+                    if lead is not None and m.key.startswith(lead)
+                )
+            )
+            fingerprint = (tuple(sorted(reports.items())), tags.get(keys.DIST_TAKEOVER), beats)
+            if fingerprint != seen:
+                seen, changed = fingerprint, now
+            waiting = reports.get(0, "").startswith("{") or keys.DIST_TAKEOVER in tags
+            place = reported.index(self.agent) if self.agent in reported else len(reported)
+            patience_s = margin_s * (place + 1) + (report_s if waiting else 0.0)
+            if now - changed >= patience_s:
+                self._silent = () if reports.get(0, "").startswith("{") else (0,)
+                why = f"agent {self.agent} took over: run still RUNNING, quiet for {now - changed:.0f} s"
+                if not reports.get(0, "").startswith("{"):
+                    why += ", no report from agent 0"
+                self.sink.set_tags({keys.DIST_TAKEOVER: why})
+                self.sink.flush()
+                self._say(why)
+                return True
+            time.sleep(poll_s)
 
     def _describes(self) -> bool:
         return self.leader  # the run is described once, by agent 0, after the totals
@@ -216,8 +322,9 @@ class JoinedRun(TrackedRun):
             warnings=dict(own.warnings),
         )
 
-    def _collect(self, own: AgentReport) -> JobTotals:
-        """Agent 0: the reports in the run's tags, polled until all arrived or the deadline."""
+    def _collect(self, own: AgentReport, dead: tuple[int, ...] = ()) -> JobTotals:
+        """Agent 0 (or the agent taking over): the reports in the run's tags, polled until all
+        arrived (but those of the ``dead`` agents, which will not) or the deadline."""
         reports = {own.agent: own}
         self.joined: dict[int, str] = {}
         if self.agents > 1:
@@ -239,7 +346,10 @@ class JoinedRun(TrackedRun):
                             self.joined[a] = f"unreadable report {v[:80]!r}"
                     else:
                         self.joined[a] = v
-                if len(reports) >= self.agents or time.monotonic() >= deadline:
+                if (
+                    len(reports) + len(set(dead) - set(reports)) >= self.agents
+                    or time.monotonic() >= deadline
+                ):
                     break
                 time.sleep(POLL_S)
         return combine(reports.values(), self.agents)
@@ -268,7 +378,8 @@ class JoinedRun(TrackedRun):
                     cpu_time_s=job.cpu_s,
                 )
             )
-            sink.log_metrics(stage_metrics(rec.tracker.stages, carbon))  # agent 0's own stages
+            if not self._took_over:  # agent 0's own stages (another agent's are not the run's)
+                sink.log_metrics(stage_metrics(rec.tracker.stages, carbon))
         for h in job.hosts.values():
             p = keys.dist_prefix("host", 0, h.host)
             sink.log_metrics(keys.dist_part_metrics(p, h.energy, h.machine_energy, h.cpu_s, None))
@@ -304,6 +415,18 @@ class JoinedRun(TrackedRun):
             samples=own.samples,
             warnings={k: "; ".join(v) for k, v in warnings.items()},
         )
+
+
+_JOINED = re.compile(r"^joined: host (?P<host>.*), rank \d+, local rank \d+$")
+
+
+def _leader_series_prefix(mode: str, agent0_tag: str) -> str | None:
+    """Where agent 0's power series goes (its heartbeat while it measures): ``rank/0/``, or in
+    host mode ``host/<its host>/`` read from its ``joined: host ...`` tag; None if unknown."""
+    if mode == "rank":
+        return keys.dist_prefix("rank", 0, "")
+    m = _JOINED.match(agent0_tag)
+    return keys.dist_prefix("host", 0, m["host"]) if m else None
 
 
 def tracked_run(*, mode: str = "rank", ctx: JobContext | None = None, **kw: Any) -> TrackedRun:

@@ -312,6 +312,7 @@ DIST_HOSTS = "wattsup.dist.hosts"
 DIST_MISSING = "wattsup.dist.missing"
 DIST_AGENT_PREFIX = "wattsup.dist.agent."
 DIST_CAPPED = "wattsup.dist.capped"
+DIST_TAKEOVER = "wattsup.dist.takeover"  # who ended the run in agent 0's place, and why
 
 
 def dist_agent_tag(agent: int) -> str:
