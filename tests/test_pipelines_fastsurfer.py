@@ -73,7 +73,7 @@ def test_modules_and_planes_from_a_real_log():
     # each plane exactly as FastSurfer timed it; HypVINN's coronal is its own stage
     assert spans["coronal"].end_s - spans["coronal"].start_s == pytest.approx(601.25)
     assert spans["sagittal"].end_s - spans["sagittal"].start_s == pytest.approx(590.1)
-    assert spans["hypvinn/coronal"].end_s - spans["hypvinn/coronal"].start_s == pytest.approx(70.5)
+    assert spans["hypvinn.coronal"].end_s - spans["hypvinn.coronal"].start_s == pytest.approx(70.5)
     assert set(spans) >= {"asegdkt", "biasfield", "segstats", "hypvinn", "view_aggregation"}
     assert log.modules == ["asegdkt", "biasfield", "segstats", "hypvinn"]
     # the conformed input saved before the planes does not end view aggregation
@@ -180,7 +180,7 @@ def test_every_module_its_own_stage_and_cost(tracking_uri, client, experiment, t
     [aseg_cor] = logged_durations(text, r"Coronal inference on .* finished in ([\d.]+) seconds")
     [hyp_cor] = logged_durations(text, r"coronal Inference on .* finished in ([\d.]+) seconds")
     assert m["stage/coronal/duration_s"] == pytest.approx(aseg_cor, abs=1e-6)
-    assert m["stage/hypvinn/coronal/duration_s"] == pytest.approx(hyp_cor, abs=1e-6)
+    assert m["stage/hypvinn.coronal/duration_s"] == pytest.approx(hyp_cor, abs=1e-6)
     for stage in ("asegdkt", "biasfield", "segstats", "cerebnet", "hypvinn"):
         assert m[f"stage/{stage}/duration_s"] > 0, stage
     assert tags["wattsup.fastsurfer.modules"] == "asegdkt biasfield segstats cerebnet hypvinn"

@@ -8,7 +8,8 @@
 * MACs: our own definitions of FastSurfer's networks at FastSurfer's configurations
   (:mod:`.fastsurfer_vinn`), one forward pass per slice of each view of the conformed volume
   (``mri/orig.mgz``: 256 slices at 1 mm, 320 at ``--vox_size min`` on a 0.8 mm input). Only the
-  convolutions are counted (ptflops' aten backend); interpolation and view aggregation are not.
+  convolutions are counted (torch's FlopCounterMode on the meta device: shapes only, instant);
+  interpolation, normalisation and view aggregation are not.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def model_cost(modules, logged: dict[str, dict[str, str]], home: Path | None, or
         {"params": total_p, "params_trainable": total_p, "macs": total_m, "flops": 2 * total_m}
     )
     out.tags = {
-        "wattsup.flops_backend": "ptflops-aten",
+        "wattsup.flops_backend": "torch-flop-counter",
         "wattsup.flops_input_shape": f"{len(ran)} networks x 3 views x {size} slices of {size}x{size}",
         "wattsup.model_source": "builtin-fastsurfer2",
         "wattsup.params_source": " ".join(params_src),

@@ -152,7 +152,8 @@ class DeepSegLog:
     from its echoed command line to the next one or the end of the run); the asegdkt network's
     planes ``coronal``, ``sagittal``, ``axial`` (durations exactly as FastSurfer logged them) and
     ``view_aggregation`` (last plane to the first saved image after it); HypVINN's planes
-    ``hypvinn/coronal`` etc. ``feed`` returns the stages closed by a line.
+    ``hypvinn.coronal`` etc. (nested stages are named ``outer.inner``). ``feed`` returns the
+    stages closed by a line.
     """
 
     def __init__(self) -> None:
@@ -178,7 +179,7 @@ class DeepSegLog:
             self.modules.append(item.module)
         elif isinstance(item, PlaneDone):
             module = "hypvinn" if self.module == "hypvinn" else item.module
-            name = item.plane if module == "asegdkt" else f"{module}/{item.plane}"
+            name = item.plane if module == "asegdkt" else f"{module}.{item.plane}"
             out.append(StageSpan(name, max(0.0, seen - item.duration_s), seen))
             self.planes.setdefault(module, {})[item.plane] = item.duration_s
             if module == "asegdkt":

@@ -5,7 +5,7 @@ an Apptainer/Singularity image, ``fastsurfer_image``): we measure it from outsid
 replace its packages. Logs the run's energy, carbon and runtime; one stage per FastSurfer
 program (``asegdkt``, ``biasfield``, ``segstats``, ``cerebnet``, ``hypvinn``), the asegdkt
 network's planes ``coronal``, ``sagittal``, ``axial`` and ``view_aggregation``, HypVINN's
-``hypvinn/<plane>`` (durations as FastSurfer logged them); the parameters and MACs of every
+``hypvinn.<plane>`` (durations as FastSurfer logged them); the parameters and MACs of every
 network that ran, per network and in total; and, with a reference segmentation, Dice of
 ``aparc.DKTatlas+aseg.deep.mgz`` on the labels both label spaces hold (``dice/*``) and of its
 aseg-merged form (``dice_aseg/*``).
