@@ -303,7 +303,7 @@ def test_dice_on_shared_labels_and_clear_grid_mismatch(
         f"reference={other}",
         env={"STUB_SEG_SOURCE": str(ref_path)},
     )
-    assert r.returncode == 2
+    assert r.returncode != 0  # our exit 2; mlflow run exits 1
     [line] = our_lines(r.stderr, "fastsurfer")
     assert "32x32x32" in line and "16x16x16" in line and "resample" in line
     [run] = runs_in(client, exp2)

@@ -69,10 +69,15 @@ class FsTime:
         return t0, t0 + self.wall_s
 
 
-def nesting(times: list[FsTime], slack_s: float = 1.0) -> list[bool]:
-    """For records in log order, whether each one ran inside a later record (its start and end
-    within the later one's span, ``slack_s`` for the 1 s resolution of the start stamp, and no
-    more CPU than it): those are counted in the outer record already."""
+def nesting(times: list[FsTime]) -> list[bool]:
+    """For records in log order, whether each one ran inside a later record (counted in it).
+
+    Start stamps have 1 s resolution (the true start is in ``[stamp, stamp + 1)``). A later record
+    ``O`` holds an earlier ``I`` when ``O`` certainly started before ``I`` ended
+    (``O.stamp + 1 <= I.stamp + I.wall``), not after ``I`` started (``O.stamp <= I.stamp``), ended no
+    earlier (within the stamp's second) and used no less CPU. Commands run one after the other can
+    never meet the first condition; a nested command shorter than ~1 s cannot be told apart and
+    is counted as top-level."""
     nested = [False] * len(times)
     for j, outer in enumerate(times):
         o0, o1 = outer.span
@@ -80,7 +85,7 @@ def nesting(times: list[FsTime], slack_s: float = 1.0) -> list[bool]:
             if nested[i]:
                 continue
             i0, i1 = times[i].span
-            if i0 >= o0 - slack_s and i1 <= o1 + slack_s and times[i].cpu_s <= outer.cpu_s + 0.01:
+            if o0 + 1.0 <= i1 and o0 <= i0 and o1 + 1.0 >= i1 and times[i].cpu_s <= outer.cpu_s + 0.01:
                 nested[i] = True
     return nested
 

@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     subject = sd / sid
     scripts = subject / "scripts"
     env = dict(os.environ)
-    if device == "gpu":
+    if device == "gpu" or (device == "auto" and gpu_available()):
         os.environ["CUDA_VISIBLE_DEVICES"] = pin_gpu(env)  # our NVML meter reads it when it opens
     fs_args = ["--t1", str(t1), "--sid", sid, "--sd", str(sd), "--seg_only"]
     fs_args += ["--device", {"gpu": "cuda", "cpu": "cpu", "auto": "auto"}[device], "--threads", str(threads)]
