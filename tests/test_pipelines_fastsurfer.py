@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,19 @@ def test_checkpoint_params_with_numpy_scalar_and_nothing_else(fs_checkpoints, tm
     assert checkpoint_params(fs_checkpoints / "CerebNet_sagittal_v1.0.0.pkl") == PARAMS["cerebnet"][1]
     with pytest.raises(pickle.UnpicklingError):  # weights_only still refuses other globals
         torch.load(fs_checkpoints / "aparc_vinn_axial_v2.0.0.pkl", weights_only=True)
+    # FastSurfer's checkpoints were saved with numpy 1.x: the scalar is named numpy.core.multiarray
+    old = tmp_path / "numpy1.pkl"
+    with (
+        zipfile.ZipFile(fs_checkpoints / "CerebNet_axial_v1.0.0.pkl") as src,
+        zipfile.ZipFile(old, "w") as dst,
+    ):
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            dst.writestr(item, data)
+    assert checkpoint_params(old) == PARAMS["cerebnet"][2]
     evil = tmp_path / "evil.pkl"
     torch.save({"model_state": {}, "x": Path("/etc")}, evil)
     with pytest.raises(pickle.UnpicklingError):
@@ -230,7 +244,7 @@ def test_vox_size_min_on_sub_mm_input_counts_320_slices(
     r = run_fs(tmp_path, fastsurfer_home, experiment, "no_cereb=true", "no_hypothal=true")
     assert r.returncode == 0, r.stderr[-3000:]
     [run] = runs_in(client, experiment)
-    assert "320 slices of 320x320" in run.data.tags["wattsup.flops_input_shape"]
+    assert "asegdkt: 3 views x 320 slices of 7x320x320" in run.data.tags["wattsup.flops_input_shape"]
     assert run.data.metrics["macs/asegdkt"] == pytest.approx(3 * 320 * 54.3e9, rel=0.01)
 
 

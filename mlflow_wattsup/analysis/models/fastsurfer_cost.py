@@ -7,7 +7,8 @@
   else: no code from the file runs.
 * MACs: our own definitions of FastSurfer's networks at FastSurfer's configurations
   (:mod:`.fastsurfer_vinn`), one forward pass per slice of each view of the conformed volume
-  (``mri/orig.mgz``: 256 slices at 1 mm, 320 at ``--vox_size min`` on a 0.8 mm input). Only the
+  (``mri/orig.mgz``: 256 slices at 1 mm, 320 at ``--vox_size min`` on a 0.8 mm input; CerebNet:
+  the 128 slices of its 128^3 cerebellum patch). Only the
   convolutions are counted (torch's FlopCounterMode on the meta device: shapes only, instant);
   interpolation, normalisation and view aggregation are not.
 """
@@ -31,14 +32,17 @@ FASTSURFER_LABELS = frozenset(
 
 
 def numpy_safe_globals() -> list:
-    """What unpickling a numpy float64 scalar (numpy 1.x or 2.x) reconstructs, nothing more."""
+    """What unpickling a numpy float64 scalar reconstructs, nothing more: the scalar constructor
+    under both its numpy 1.x and 2.x module names (a checkpoint saved with numpy 1.x, as
+    FastSurfer's are, names ``numpy.core.multiarray.scalar``), and the float64 dtype."""
     import numpy as np
 
     try:
         from numpy._core.multiarray import scalar
     except ImportError:  # numpy 1.x
         from numpy.core.multiarray import scalar
-    return [scalar, np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.int64))]
+    names = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
+    return [np.dtype, type(np.dtype(np.float64)), *((scalar, n) for n in names)]
 
 
 def checkpoint_params(path: str | Path) -> int:
@@ -94,7 +98,7 @@ def model_cost(modules, logged: dict[str, dict[str, str]], home: Path | None, or
 
     size = conformed_size(orig)
     out = Cost()
-    params_src, total_p, total_m = [], 0, 0
+    params_src, shapes, total_p, total_m = [], [], 0, 0
     ran = [m for m in ("asegdkt", "cerebnet", "hypvinn") if m in modules]
     for net in ran:
         ckpts = logged.get(net) or default_checkpoints(home, net)
@@ -112,7 +116,11 @@ def model_cost(modules, logged: dict[str, dict[str, str]], home: Path | None, or
         else:
             params = sum(builtin_params.values())
             params_src.append(f"{net}=builtin")
-        macs = sum(slice_macs[p] * size for p in PLANES)
+        slices = nets.slices_per_view(net, size)
+        macs = sum(slice_macs[p] * slices for p in PLANES)
+        shapes.append(
+            f"{net}: 3 views x {slices} slices of {'x'.join(map(str, nets.input_shape(net, size)[1:]))}"
+        )
         out.metrics[f"params/{net}"] = params
         out.metrics[f"macs/{net}"] = macs
         total_p += params
@@ -122,7 +130,7 @@ def model_cost(modules, logged: dict[str, dict[str, str]], home: Path | None, or
     )
     out.tags = {
         "wattsup.flops_backend": "torch-flop-counter",
-        "wattsup.flops_input_shape": f"{len(ran)} networks x 3 views x {size} slices of {size}x{size}",
+        "wattsup.flops_input_shape": "; ".join(shapes),
         "wattsup.model_source": "builtin-fastsurfer2",
         "wattsup.params_source": " ".join(params_src),
     }
