@@ -131,8 +131,12 @@ def check() -> int:
     print(
         f"run {latest.info.run_id} status {latest.info.status} (wattsup.status {tags.get('wattsup.status')})"
     )
-    print(f"wall duration_s {m.get('duration_s'):.1f}  cpu_time_s {m.get('cpu_time_s'):.1f}  "
-          f"energy_kwh {m.get('energy_kwh'):.6f} (cpu source {tags.get('wattsup.source.cpu')})")  # fmt: skip
+
+    def num(key: str, fmt: str = ".1f") -> str:
+        return format(m[key], fmt) if key in m else "-"
+
+    print(f"wall duration_s {num('duration_s')}  cpu_time_s {num('cpu_time_s')}  energy_kwh "
+          f"{num('energy_kwh', '.6f')} (cpu source {tags.get('wattsup.source.cpu')})")  # fmt: skip
     print(f"device {tags.get('wattsup.device')} / FastSurfer said {tags.get('wattsup.fastsurfer.device')}; "
           f"cpus {tags.get('wattsup.cpus')}; modules {tags.get('wattsup.fastsurfer.modules')}")  # fmt: skip
     stages = sorted({k.split("/")[1] for k in m if k.startswith("stage/") and k.endswith("/duration_s")})
@@ -166,6 +170,18 @@ def check() -> int:
                   f"{'equal' if same else 'DIFFERENT'}; macs/{net} {m[f'macs/{net}']:.4g}")  # fmt: skip
     print(f"params {m.get('params')}, macs {m.get('macs')}, source {tags.get('wattsup.params_source')}, "
           f"{tags.get('wattsup.flops_input_shape')}")  # fmt: skip
+    if "params" not in m:  # a run stopped early logs no model cost: the same computation, here
+        from mlflow_wattsup.analysis.models.fastsurfer_cost import model_cost
+
+        cost = model_cost(["asegdkt"], {}, FS_HOME, OUT / "subjects" / SID / "mri" / "orig.mgz")
+        for k, v in sorted(cost.metrics.items()):
+            print(f"  (computed now) {k} {v}")
+        counted = sum(
+            int(subprocess.check_output([FS_PY, "-c", COUNT_CHECKPOINT, str(f)]))
+            for f in sorted((FS_HOME / "checkpoints").glob("aparc_vinn_*"))
+        )
+        print(f"  asegdkt checkpoints' tensors counted by FastSurfer's torch: {counted}")
+        ok &= counted == cost.metrics["params/asegdkt"]
     return 0 if ok else 1
 
 

@@ -98,8 +98,8 @@ def check_interpreter(py: str, timeout_s: float = 120.0) -> str:
             f"py={py}: importing FastSurfer's dependencies took over {timeout_s:.0f} s"
         ) from None
     if r.returncode != 0:
-        why = r.stdout.strip() or r.stderr.strip().splitlines()[-1:] or ["exit " + str(r.returncode)]
-        why = why if isinstance(why, str) else why[0]
+        last_err = r.stderr.strip().splitlines()[-1:]
+        why = r.stdout.strip() or (last_err[0] if last_err else f"exit {r.returncode}")
         raise ParamError(
             f"py={exe} cannot import FastSurfer's dependencies ({why}): pass -P py= the interpreter of the "
             "environment FastSurfer's requirements.txt is installed in"
