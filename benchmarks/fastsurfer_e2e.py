@@ -30,6 +30,16 @@ Exact steps (as run on this project's 2-core machines, 2026-11):
    logged plane durations with FastSurfer's own ``... finished in <s> seconds`` lines, ``params/*``
    with the tensor counts of the checkpoints (read with FastSurfer's venv), ``macs/*``.
 
+Measured 2026-11-27 (FastSurfer stable 2.3.0, torch 2.4.1+cu121 wheel on CPU, numpy 1.26; 2 shared
+cores, under nice 19): the three asegdkt planes ran, FastSurfer logged 3672.6343 / 849.5891 /
+688.9774 s (coronal / sagittal / axial; coronal starved by other jobs) and the run logged exactly
+those as ``stage/<plane>/duration_s``; ``view_aggregation`` 17.0 s; ``asegdkt`` 5245.6 s; the
+run 5245.9 s wall, 2203.7 CPU s, 4.434 Wh (estimate: no RAPL here). Then FastSurfer itself stopped
+in ``reduce_to_aseg.py`` (``assert labels.max() != 0`` in ``flip_wm_islands``): random weights give
+no white-matter component, so bias field and segstats never run with random checkpoints (exit 1,
+run FAILED, no model cost logged; ``check`` computes it: params/asegdkt 5,561,880 = the tensors
+of FastSurfer's own checkpoints, macs/asegdkt 34.95 T).
+
 Environment: ``FS_HOME`` (FastSurfer), ``FS_PY`` (its interpreter), ``E2E_OUT`` (default
 ``/work/fs_e2e``), ``E2E_T1``.
 """
