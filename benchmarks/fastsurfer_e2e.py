@@ -37,7 +37,8 @@ those as ``stage/<plane>/duration_s``; ``view_aggregation`` 17.0 s; ``asegdkt`` 
 run 5245.9 s wall, 2203.7 CPU s, 4.434 Wh (estimate: no RAPL here). Then FastSurfer itself stopped
 in ``reduce_to_aseg.py`` (``assert labels.max() != 0`` in ``flip_wm_islands``): random weights give
 no white-matter component, so bias field and segstats never run with random checkpoints (exit 1,
-run FAILED, no model cost logged; ``check`` computes it: params/asegdkt 5,561,880 = the tensors
+run FAILED; this run logged no model cost, which a failed run now logs for the networks whose
+planes all finished; ``check`` computes it: params/asegdkt 5,561,880 = the tensors
 of FastSurfer's own checkpoints, macs/asegdkt 34.95 T).
 
 Environment: ``FS_HOME`` (FastSurfer), ``FS_PY`` (its interpreter), ``E2E_OUT`` (default

@@ -247,6 +247,7 @@ def test_fastsurfer_failure_still_logs_totals(tracking_uri, client, experiment, 
     [run] = runs_in(client, experiment)
     assert run.info.status == "FAILED" and run.data.tags["wattsup.exit_code"] == "3"
     assert run.data.metrics["cpu_time_s"] > 0.5 and "stage/axial/energy_kwh" in run.data.metrics
+    assert run.data.metrics["params/asegdkt"] > 0  # its networks did run: their cost is logged
 
 
 # -- FreeSurfer -----------------------------------------------------------------------------------

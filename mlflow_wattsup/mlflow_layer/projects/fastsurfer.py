@@ -167,10 +167,10 @@ class StageWatcher:
             self.tracker.add_stage(span.name, span.start_s, span.end_s)
 
 
-def log_model_cost(sink, log, home: Path | None, conformed: Path) -> None:
+def log_model_cost(sink, modules, checkpoints, home: Path | None, conformed: Path) -> None:
     from mlflow_wattsup.analysis.models.fastsurfer_cost import model_cost
 
-    cost = model_cost(log.modules, log.checkpoints, home, conformed)
+    cost = model_cost(modules, checkpoints, home, conformed)
     sink.log_metrics(cost.metrics)
     sink.set_tags(cost.tags)
 
@@ -298,13 +298,17 @@ def main(argv=None) -> int:
     _tag_device(run.sink, watcher.log.device)
     seg = subject / "mri" / "aparc.DKTatlas+aseg.deep.mgz"
     dice_error = None
-    if code == 0:
+    # a failed run still ran the networks whose planes all finished: their cost is measured work
+    done = [m for m in watcher.log.modules if code == 0 or len(watcher.log.planes.get(m, {})) == 3]
+    if code == 0 and not done:  # a log without echoed command lines (FastSurfer < 2.1)
+        done = ["asegdkt"]
+    if done:
         try:
-            log_model_cost(run.sink, watcher.log, home, subject / "mri" / "orig.mgz")
+            log_model_cost(run.sink, done, watcher.log.checkpoints, home, subject / "mri" / "orig.mgz")
         except Exception as exc:  # model cost is extra information: never fail the run for it
             run.sink.set_tags({"wattsup.warning.flops": f"{type(exc).__name__}: {exc}"})
-        if reference is not None:
-            dice_error = score(run.sink, seg, reference, log_dice)
+    if code == 0 and reference is not None:
+        dice_error = score(run.sink, seg, reference, log_dice)
     return run.finish(code, signalled, dice_error, "fastsurfer")
 
 
