@@ -80,11 +80,7 @@ def reference(tmp_path):
     return path
 
 
-@pytest.fixture
-def fastsurfer_home(tmp_path):
-    home = tmp_path / "FastSurfer"
-    install_stub(STUBS / "run_fastsurfer.py", home / "run_fastsurfer.sh")
-    return home
+pytest_plugins = ["fastsurfer_env"]  # fastsurfer_home: the stub, checkpoints, FastSurfer's interpreter
 
 
 @pytest.fixture
@@ -123,14 +119,13 @@ def test_fastsurfer_stages_model_cost_and_dice(
         tmp_path / "out" / "sub01" / "mri" / "aparc.DKTatlas+aseg.deep.mgz"
     ).exists()  # relative sd: launch dir
     for view in ("coronal", "sagittal", "axial"):
-        assert m[f"stage/{view}/duration_s"] == pytest.approx(0.4, abs=0.35)
-        assert m[f"stage/{view}/cpu_time_s"] == pytest.approx(0.4, abs=0.2)
+        assert m[f"stage/{view}/cpu_time_s"] == pytest.approx(0.3, abs=0.2)
         assert m[f"stage/{view}/energy_kwh"] > 0
-    assert m["stage/view_aggregation/duration_s"] > 0.1
+    assert m["stage/view_aggregation/duration_s"] > 0
     stage_sum = sum(m[f"stage/{s}/energy_kwh"] for s in ("coronal", "sagittal", "axial", "view_aggregation"))
     assert stage_sum <= m["energy_kwh"] * 1.001
-    assert m["params"] > 5e6 and m["flops"] > 1e13  # three FastSurferCNN views x 256 slices
-    assert tags["wattsup.model_source"] == "builtin-fastsurfercnn"
+    assert m["params/asegdkt"] == 1854632 + 1852616 + 1854632  # FastSurferVINN, from the checkpoints
+    assert tags["wattsup.model_source"] == "builtin-fastsurfer2"
     assert tags["wattsup.pipeline"] == "fastsurfer" and tags["wattsup.device"] == "cpu"
     assert tags["wattsup.source.cpu"] == "estimate" and run.data.params["wattsup.region"] == "DEU"
     assert 0.8 < m["dice/Left-Hippocampus"] < 1.0 and 0.8 < m["dice/ctx-rh-insula"] < 1.0
@@ -252,6 +247,7 @@ def test_fastsurfer_failure_still_logs_totals(tracking_uri, client, experiment, 
     [run] = runs_in(client, experiment)
     assert run.info.status == "FAILED" and run.data.tags["wattsup.exit_code"] == "3"
     assert run.data.metrics["cpu_time_s"] > 0.5 and "stage/axial/energy_kwh" in run.data.metrics
+    assert run.data.metrics["params/asegdkt"] > 0  # its networks did run: their cost is logged
 
 
 # -- FreeSurfer -----------------------------------------------------------------------------------
@@ -265,7 +261,6 @@ def test_freesurfer_stage_per_marker(tracking_uri, client, experiment, tmp_path,
         "sid=bert",
         "subjects_dir=subjects",
         "directive=autorecon1",
-        f"reference={reference}",
         cwd=tmp_path,
         env={
             "MLFLOW_EXPERIMENT_NAME": experiment,
@@ -295,12 +290,10 @@ def test_freesurfer_stage_per_marker(tracking_uri, client, experiment, tmp_path,
     assert staged_cpu == pytest.approx(sum(m[f"stage/{s}/fstime_cpu_s"] for s in stages), rel=0.25)
     stage_total = sum(m[f"stage/{s}/duration_s"] for s in stages)
     assert stage_total == pytest.approx(m["duration_s"], abs=0.6)  # stages tile the run but its start-up
-    # FreeSurfer's own accounting of its commands against ours of the whole tree
+    # FreeSurfer's own (partial) accounting of its commands within ours of the whole tree
     assert m["fstime_cpu_s"] <= m["cpu_time_s"] * 1.05
-    assert m["fstime_cpu_s"] >= 0.6 * m["cpu_time_s"]
     arts = [a.path for a in client.list_artifacts(run.info.run_id, "wattsup")]
     assert "wattsup/recon-all-commands.csv" in arts
-    assert 0.8 < m["dice/Left-Hippocampus"] < 1.0
     assert run.data.tags["wattsup.pipeline"] == "freesurfer"
     assert_documented(run)
 

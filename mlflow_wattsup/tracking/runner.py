@@ -38,18 +38,25 @@ def execute(
     watch_file: str | os.PathLike | None = None,
     on_file_line: LineHandler | None = None,
     poll_s: float = 0.5,
+    cpus: set[int] | None = None,
 ) -> tuple[int, bool]:
     """Run ``cmd`` (already-started ``tracker`` measuring our children) until it exits.
 
     Returns (exit code, ended by a signal); 128 + N for signal N. ``on_line`` gets each line
     of the command's stdout and stderr (which then go through a pipe and are copied on);
     ``on_file_line`` each new line of ``watch_file`` (polled every ``poll_s``, and once more at
-    the end). Handler errors are swallowed: watching must never break the run.
+    the end; an existing file is read from its current end: text from earlier runs is not this
+    run's). ``cpus``: the CPU set the command may run on (its affinity; ours is left as it was).
+    Handler errors are swallowed: watching must never break the run.
     Raises :class:`SpawnError` if the command cannot start.
     """
     become_subreaper()
     pipes = _Pipes(tracker, on_line) if on_line else None
+    tail = _Tail(Path(watch_file), tracker, on_file_line, poll_s) if watch_file and on_file_line else None
+    mask = os.sched_getaffinity(0) if cpus else None
     try:
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # this thread only; the child inherits it
         pid = os.posix_spawnp(
             cmd[0],
             list(cmd),
@@ -61,9 +68,11 @@ def execute(
         if pipes:
             pipes.close()
         raise SpawnError(cmd[0], exc) from None
+    finally:
+        if mask:
+            os.sched_setaffinity(0, mask)
     if pipes:
         pipes.start()
-    tail = _Tail(Path(watch_file), tracker, on_file_line, poll_s) if watch_file and on_file_line else None
     if tail:
         tail.start()
     try:
@@ -155,6 +164,11 @@ class _Tail:
         self._pos = 0
         self._partial = b""
         self._ino = None
+        try:  # appended logs (FastSurfer's deep-seg.log, recon-all.log): start at the current end
+            st = path.stat()
+            self._pos, self._ino = st.st_size, st.st_ino
+        except OSError:
+            pass
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="wattsup-tail", daemon=True)
 

@@ -6,6 +6,15 @@
   M <max RSS KB> ...`` - one line per FreeSurfer binary, written by its own timer.
 * ``#@#%# recon-all-run-time-hours <h>`` at the end; ``scripts/recon-all.done`` holds
   ``START_TIME``/``END_TIME``/``RUNTIME_HOURS``.
+* The log is appended to by default (``AppendLog``): each call adds a block starting
+  ``# New invocation of recon-all <date>`` (the caller reads from the log's current end).
+
+FSTIME records come from ``fs_time`` (GNU ``/usr/bin/time``: ``e``/``S``/``U`` include the
+command's waited-for children). In 8.x some scripts run under fs_time call fs_time again
+(``rca-surfreg`` -> ``mris_register``): the inner record is written first and lies within the
+outer one's time span. :func:`nesting` finds those so each CPU second is counted once. The sum is
+FreeSurfer's own *partial* figure: commands not run through fs_time (shell steps, python) and
+systems without GNU time give no record.
 """
 
 from __future__ import annotations
@@ -20,9 +29,15 @@ _FSTIME = re.compile(
     r"^@#@FSTIME\s+(?P<when>\d{4}:\d{2}:\d{2}:\d{2}:\d{2}:\d{2})\s+(?P<cmd>\S+)\s+N\s+(?P<n>\d+)\s+"
     r"e\s+(?P<e>[\d.]+)\s+S\s+(?P<S>[\d.]+)\s+U\s+(?P<U>[\d.]+)\s+P\s+(?P<P>[\d.]+)%\s+M\s+(?P<M>\d+)"
 )
+_NEW_INVOCATION = re.compile(r"^#\s*New invocation of recon-all\b")
 _RUNTIME = re.compile(r"^#@#%#\s+recon-all-run-time-hours\s+(?P<h>[\d.]+)")
 
 DIRECTIVES = ("all", "autorecon1", "autorecon2", "autorecon3")
+
+
+@dataclass(frozen=True)
+class NewInvocation:
+    """``# New invocation of recon-all <date>``: a call of recon-all starts appending here."""
 
 
 @dataclass(frozen=True)
@@ -47,10 +62,40 @@ class FsTime:
     def cpu_s(self) -> float:
         return self.user_s + self.sys_s
 
+    @property
+    def span(self) -> tuple[float, float]:
+        """(start, end) in seconds since the epoch of the naive local start time."""
+        t0 = self.when.timestamp()
+        return t0, t0 + self.wall_s
 
-def parse_line(line: str) -> StageMarker | FsTime | float | None:
-    """A stage marker, an FSTIME record, the final run time in hours (float), or None."""
+
+def nesting(times: list[FsTime]) -> list[bool]:
+    """For records in log order, whether each one ran inside a later record (counted in it).
+
+    Start stamps have 1 s resolution (the true start is in ``[stamp, stamp + 1)``). A later record
+    ``O`` holds an earlier ``I`` when ``O`` certainly started before ``I`` ended
+    (``O.stamp + 1 <= I.stamp + I.wall``), not after ``I`` started (``O.stamp <= I.stamp``), ended no
+    earlier (within the stamp's second) and used no less CPU. Commands run one after the other can
+    never meet the first condition; a nested command shorter than ~1 s cannot be told apart and
+    is counted as top-level."""
+    nested = [False] * len(times)
+    for j, outer in enumerate(times):
+        o0, o1 = outer.span
+        for i in range(j):
+            if nested[i]:
+                continue
+            i0, i1 = times[i].span
+            if o0 + 1.0 <= i1 and o0 <= i0 and o1 + 1.0 >= i1 and times[i].cpu_s <= outer.cpu_s + 0.01:
+                nested[i] = True
+    return nested
+
+
+def parse_line(line: str) -> StageMarker | FsTime | NewInvocation | float | None:
+    """A stage marker, an FSTIME record, a new invocation, the final run time in hours (float),
+    or None."""
     line = line.rstrip("\n")
+    if _NEW_INVOCATION.match(line):
+        return NewInvocation()
     if line.startswith("@#@FSTIME"):
         m = _FSTIME.match(line)
         if not m:

@@ -1,16 +1,20 @@
 """``projects/fastsurfer``: FastSurfer's segmentation (``run_fastsurfer.sh --seg_only``), measured.
 
-Logs the run's energy, carbon and runtime; stages ``coronal``, ``sagittal``, ``axial`` (each
-plane's inference, from the durations FastSurfer logs) and ``view_aggregation`` (from the last
-plane to the saved segmentation); the parameters and FLOPs of the networks; and, with a reference
-segmentation, Dice of ``aparc.DKTatlas+aseg.deep.mgz`` (``dice/*``) and of its aseg-merged form
-(``dice_aseg/*``) with FreeSurfer label names.
+FastSurfer runs in its own environment (``py``: its Python interpreter, passed as ``--py``; or
+an Apptainer/Singularity image, ``fastsurfer_image``): we measure it from outside and never
+replace its packages. Logs the run's energy, carbon and runtime; one stage per FastSurfer
+program (``asegdkt``, ``biasfield``, ``segstats``, ``cerebnet``, ``hypvinn``), the asegdkt
+network's planes ``coronal``, ``sagittal``, ``axial`` and ``view_aggregation``, HypVINN's
+``hypvinn.<plane>`` (durations as FastSurfer logged them); the parameters and MACs of every
+network that ran, per network and in total; and, with a reference segmentation, Dice of
+``aparc.DKTatlas+aseg.deep.mgz`` on the labels both label spaces hold (``dice/*``) and of its
+aseg-merged form (``dice_aseg/*``).
 
-Model cost: parameters are read from the checkpoints FastSurfer loaded (tensor sizes in the saved
-state dict, no code executed). FLOPs come from our own FastSurferCNN definition at FastSurfer's
-published sizes (7 slices of 256x256, 64 filters, 79 classes; 51 for the sagittal view), one
-forward pass per slice of a 256^3 conformed volume per view, tagged
-``wattsup.model_source=builtin-fastsurfercnn`` since FastSurfer's own classes are not imported.
+Before anything starts (seconds): the interpreter imports FastSurfer's dependencies, the
+checkpoints of the networks that will run are on disk (FastSurfer would download them, counted
+in the run, and fail offline), the container runtime exists. ``threads`` is enforced as the
+child's CPU affinity (FastSurfer 2.x does not pass ``--threads`` to the asegdkt network, which
+uses every CPU it may run on); the CPUs used are tagged.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +38,7 @@ from mlflow_wattsup.mlflow_layer.projects.params import (
     choice_param,
     entry_point,
     int_param,
+    is_none,
     name_param,
     path_param,
 )
@@ -41,8 +47,10 @@ INSTALL_HINT = (
     "FastSurfer not found: install it (git clone https://github.com/Deep-MI/FastSurfer, then its "
     "requirements) and pass -P fastsurfer_home=DIR, set FASTSURFER_HOME, or put run_fastsurfer.sh on PATH"
 )
-SLICES_PER_VIEW = 256
-VIEWS = {"coronal": 79, "sagittal": 51, "axial": 79}  # classes per view in FastSurfer
+# what FastSurfer's python scripts import at their top (run_prediction.py of asegdkt, N4, segstats)
+PY_MODULES = ("torch", "numpy", "nibabel", "scipy", "skimage", "yacs", "h5py", "SimpleITK", "pandas")
+FASTSURFER_PY_DEFAULT = "python3.10"  # run_fastsurfer.sh 2.2-2.4 default (`python3.10 -s`)
+IMAGE_HOME = "/fastsurfer"  # where FastSurfer's own images keep it
 
 
 def find_fastsurfer(home: str | None) -> Path:
@@ -59,89 +67,128 @@ def find_fastsurfer(home: str | None) -> Path:
     raise ParamError(INSTALL_HINT)
 
 
+def bool_param(name: str, value: object) -> bool:
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("", "0", "false", "no", "off", "none"):
+        return False
+    raise ParamError(f"{name}={value!r} must be true or false")
+
+
+def check_interpreter(py: str, timeout_s: float = 120.0) -> str:
+    """The interpreter's absolute path, once it has imported FastSurfer's dependencies (a few
+    seconds); a one-line ParamError otherwise."""
+    exe = shutil.which(py)
+    if not exe:
+        raise ParamError(
+            f"py={py}: no such Python interpreter (FastSurfer's default is {FASTSURFER_PY_DEFAULT}); "
+            "pass -P py=/path/to/fastsurfer-env/bin/python, the environment FastSurfer's requirements are installed in"
+        )
+    code = (
+        "import importlib,sys\n"
+        f"for m in {PY_MODULES!r}:\n"
+        "    try: importlib.import_module(m)\n"
+        "    except Exception as e: print(m, type(e).__name__, e); sys.exit(3)\n"
+    )
+    try:
+        r = subprocess.run([exe, "-s", "-c", code], capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise ParamError(
+            f"py={py}: importing FastSurfer's dependencies took over {timeout_s:.0f} s"
+        ) from None
+    if r.returncode != 0:
+        last_err = r.stderr.strip().splitlines()[-1:]
+        why = r.stdout.strip() or (last_err[0] if last_err else f"exit {r.returncode}")
+        raise ParamError(
+            f"py={exe} cannot import FastSurfer's dependencies ({why}): pass -P py= the interpreter of the "
+            "environment FastSurfer's requirements.txt is installed in"
+        )
+    return exe
+
+
+def modules_to_run(no_cereb: bool, no_hypothal: bool, no_biasfield: bool) -> list[str]:
+    """FastSurfer >= 2.3 --seg_only: asegdkt, then N4 bias field + segstats, CerebNet, HypVINN
+    (``--no_biasfield`` implies ``--no_hypothal`` in run_fastsurfer.sh)."""
+    mods = ["asegdkt"]
+    if not no_biasfield:
+        mods += ["biasfield", "segstats"]
+    if not no_cereb:
+        mods.append("cerebnet")
+    if not (no_hypothal or no_biasfield):
+        mods.append("hypvinn")
+    return mods
+
+
+def missing_checkpoints(home: Path, modules: list[str]) -> list[Path]:
+    from mlflow_wattsup.analysis.pipelines.fastsurfer import CHECKPOINT_FILES
+
+    return [
+        home / "checkpoints" / name
+        for m in modules
+        for name in CHECKPOINT_FILES.get(m, {}).values()
+        if not (home / "checkpoints" / name).is_file()
+    ]
+
+
+def child_cpus(threads: int) -> set[int]:
+    """The first ``threads`` CPUs we may run on (all of them if fewer)."""
+    mine = sorted(os.sched_getaffinity(0))
+    return set(mine[:threads])
+
+
+def cpu_list(cpus: set[int]) -> str:
+    return ",".join(map(str, sorted(cpus)))
+
+
+def pin_gpu(environ: dict[str, str]) -> str:
+    """Make the pipeline and our NVML meter see one GPU: the first of ``CUDA_VISIBLE_DEVICES``
+    (or GPU 0). Returns the entry kept."""
+    first = (environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
+    environ["CUDA_VISIBLE_DEVICES"] = first
+    return first
+
+
 class StageWatcher:
-    """Turns deep-seg.log lines into tracker stages (see :mod:`..pipelines.fastsurfer`)."""
+    """deep-seg.log lines -> tracker stages (see :mod:`..pipelines.fastsurfer`)."""
 
     def __init__(self, tracker):
+        from mlflow_wattsup.analysis.pipelines.fastsurfer import DeepSegLog
+
         self.tracker = tracker
-        self.last_plane_end: float | None = None
-        self.aggregated = False
-        self.checkpoints: dict[str, str] = {}
+        self.log = DeepSegLog()
 
     def __call__(self, line: str, seen: float) -> None:
-        from mlflow_wattsup.analysis.pipelines.fastsurfer import Checkpoint, PlaneDone, Saved, parse_line
+        for span in self.log.feed(line, seen):
+            self.tracker.add_stage(span.name, span.start_s, span.end_s)
 
-        item = parse_line(line)
-        if isinstance(item, PlaneDone):
-            start = max(0.0, seen - item.duration_s)
-            self.tracker.add_stage(item.plane, start, seen)
-            self.last_plane_end = seen
-        elif isinstance(item, Checkpoint) and item.plane:
-            self.checkpoints[item.plane] = item.path
-        elif isinstance(item, Saved) and self.last_plane_end is not None and not self.aggregated:
-            self.tracker.add_stage("view_aggregation", self.last_plane_end, seen)
-            self.aggregated = True
+    def close(self, end: float) -> None:
+        for span in self.log.close(end):
+            self.tracker.add_stage(span.name, span.start_s, span.end_s)
 
 
-def checkpoint_params(path: str) -> int | None:
-    """Parameters in a FastSurfer checkpoint, from tensor sizes (``weights_only`` loading)."""
-    try:
-        import torch
+def log_model_cost(sink, modules, checkpoints, home: Path | None, conformed: Path) -> None:
+    from mlflow_wattsup.analysis.models.fastsurfer_cost import model_cost
 
-        state = torch.load(path, map_location="meta", weights_only=True)
-    except Exception:
-        return None
-    if isinstance(state, dict):
-        state = state.get("model_state", state.get("state_dict", state))
-    if not isinstance(state, dict):
-        return None
-    return int(
-        sum(
-            v.numel()
-            for k, v in state.items()
-            if hasattr(v, "numel") and "running_" not in k and "num_batches_tracked" not in k
-        )
-    )
-
-
-def log_model_cost(sink, checkpoints: dict[str, str]) -> None:
-    from mlflow_wattsup.analysis.flops import model_cost
-    from mlflow_wattsup.analysis.models.fastsurfer_cnn import FastSurferCNN
-
-    # one count per distinct network (coronal and axial share the 79-class one)
-    per_classes = {
-        c: model_cost(FastSurferCNN(7, c), (1, 7, 256, 256), backends=["ptflops-aten"])
-        for c in set(VIEWS.values())
-    }
-    total_macs = sum(per_classes[c].macs * SLICES_PER_VIEW for c in VIEWS.values())
-    builtin_params = sum(per_classes[c].params for c in VIEWS.values())
-    ckpt = {v: checkpoint_params(p) for v, p in checkpoints.items()}
-    have = all(ckpt.get(v) for v in VIEWS)
-    params = sum(ckpt.values()) if have else builtin_params
-    sink.log_metrics(
-        {"params": params, "params_trainable": params, "macs": total_macs, "flops": 2 * total_macs}
-    )
-    sink.set_tags(
-        {
-            "wattsup.flops_backend": "ptflops-aten",
-            "wattsup.flops_input_shape": f"3 views x {SLICES_PER_VIEW} passes x 1x7x256x256",
-            "wattsup.model_source": "builtin-fastsurfercnn",
-            "wattsup.params_source": "checkpoints" if have else "builtin-fastsurfercnn",
-        }
-    )
+    cost = model_cost(modules, checkpoints, home, conformed)
+    sink.log_metrics(cost.metrics)
+    sink.set_tags(cost.tags)
 
 
 def log_dice(sink, seg: Path, reference: Path) -> None:
     from mlflow_wattsup.analysis.dice import dice_files
     from mlflow_wattsup.analysis.labels import default_names, parse_merge
+    from mlflow_wattsup.analysis.models.fastsurfer_cost import shared_labels
     from mlflow_wattsup.mlflow_layer.log import log_dice as _log
 
     names, source = default_names()
-    _log(dice_files(seg, reference, names=names, names_source=source), sink=sink)
+    labels, excluded = shared_labels(seg, reference)
+    _log(dice_files(seg, reference, names=names, names_source=source, labels=labels), sink=sink)
     merged = dice_files(
         seg, reference, names=names, names_source=source, merge=parse_merge("aseg"), merge_name="aseg"
     )
     _log(merged, prefix="dice_aseg", sink=sink)
+    sink.set_tags({"wattsup.dice.excluded_labels": " ".join(map(str, excluded)) or "none"})
 
 
 @entry_point("fastsurfer")
@@ -154,65 +201,123 @@ def main(argv=None) -> int:
     p.add_argument("--reference", default="")
     p.add_argument("--threads", default="1")
     p.add_argument("--fastsurfer-home", default="")
+    p.add_argument("--py", default="")
+    p.add_argument("--fastsurfer-image", default="")
+    p.add_argument("--vox-size", default="")
+    for flag in ("no-cereb", "no-hypothal", "no-biasfield"):
+        p.add_argument(f"--{flag}", default="false")
     add_carbon_args(p)
     args = p.parse_args(argv)
 
-    # every parameter first: a mistake must cost seconds, not an hour of segmentation
+    # every check first: a mistake must cost seconds, not an hour of segmentation
     t1 = path_param("t1", args.t1)
     sid = name_param("sid", args.sid)
     sd = path_param("sd", args.sd, must_exist=False)
     device = choice_param("device", args.device, ("cpu", "gpu", "auto"))
     reference = path_param("reference", args.reference)
     threads = int_param("threads", args.threads, 1, 1024)
-    script = find_fastsurfer(None if args.fastsurfer_home.strip() in ("", "none") else args.fastsurfer_home)
+    no_cereb = bool_param("no_cereb", args.no_cereb)
+    no_hypothal = bool_param("no_hypothal", args.no_hypothal)
+    no_biasfield = bool_param("no_biasfield", args.no_biasfield)
+    vox_size = "" if is_none(args.vox_size) else args.vox_size.strip()
+    if vox_size and vox_size != "min":
+        try:
+            ok = 0.7 <= float(vox_size) <= 1.0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ParamError(f"vox_size={args.vox_size!r} must be min or a number from 0.7 to 1 (mm)")
+    modules = modules_to_run(no_cereb, no_hypothal, no_biasfield)
+    image = path_param("fastsurfer_image", args.fastsurfer_image)
     carbon = carbon_from(args)
     if device == "gpu" and not gpu_available():
         raise ParamError(
             "device=gpu but no usable NVIDIA GPU was found (no driver or no device visible to NVML); "
             "use device=cpu or device=auto"
         )
-    if device == "auto":
-        device = "gpu" if gpu_available() else "cpu"
+    home: Path | None
+    if image is not None:
+        runtime = shutil.which("apptainer") or shutil.which("singularity")
+        if not runtime:
+            raise ParamError(
+                f"fastsurfer_image={image}: neither apptainer nor singularity is on PATH; install one, "
+                "or use a native FastSurfer (fastsurfer_home, py)"
+            )
+        home, script = None, None
+    else:
+        home_arg = None if is_none(args.fastsurfer_home) else args.fastsurfer_home
+        script = find_fastsurfer(home_arg)
+        home = script.resolve().parent
+        missing = missing_checkpoints(home, modules)
+        if missing:
+            raise ParamError(
+                f"{len(missing)} FastSurfer checkpoint(s) missing, e.g. {missing[0]}: FastSurfer would download "
+                f"them during the measured run (and fail offline); get them first with "
+                f"`{FASTSURFER_PY_DEFAULT} {home}/FastSurferCNN/download_checkpoints.py --all`"
+            )
+        py = check_interpreter(FASTSURFER_PY_DEFAULT if is_none(args.py) else args.py.strip())
 
     sd.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        str(script),
-        "--t1",
-        str(t1),
-        "--sid",
-        sid,
-        "--sd",
-        str(sd),
-        "--seg_only",
-        "--device",
-        "cuda" if device == "gpu" else "cpu",
-        "--threads",
-        str(threads),
-    ]
+    subject = sd / sid
+    scripts = subject / "scripts"
+    env = dict(os.environ)
+    if device == "gpu" or (device == "auto" and gpu_available()):
+        os.environ["CUDA_VISIBLE_DEVICES"] = pin_gpu(env)  # our NVML meter reads it when it opens
+    fs_args = ["--t1", str(t1), "--sid", sid, "--sd", str(sd), "--seg_only"]
+    fs_args += ["--device", {"gpu": "cuda", "cpu": "cpu", "auto": "auto"}[device], "--threads", str(threads)]
+    fs_args += [f for f, on in (("--no_cereb", no_cereb), ("--no_hypothal", no_hypothal)) if on]
+    fs_args += ["--no_biasfield"] if no_biasfield else []
+    fs_args += ["--vox_size", vox_size] if vox_size else []
+    if image is not None:
+        binds = sorted({str(sd), str(t1.parent)} | ({str(reference.parent)} if reference else set()))
+        cmd = [runtime, "exec", *(["--nv"] if device != "cpu" else [])]
+        for b in binds:
+            cmd += ["-B", f"{b}:{b}"]
+        cmd += [str(image), f"{IMAGE_HOME}/run_fastsurfer.sh", *fs_args]
+    else:
+        cmd = [str(script), *fs_args, "--py", py]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow_root")
-    run = CommandPipeline(
-        "fastsurfer",
-        carbon,
-        {"wattsup.pipeline": "fastsurfer", "wattsup.device": device, "wattsup.subject": sid},
-        args.experiment,
-    )
+    cpus = child_cpus(threads)
+    tags = {
+        "wattsup.pipeline": "fastsurfer",
+        "wattsup.device": device,
+        "wattsup.subject": sid,
+        "wattsup.fastsurfer.modules": " ".join(modules),
+        "wattsup.cpus": cpu_list(cpus),
+    }
+    if image is not None:
+        tags["wattsup.fastsurfer.image"] = str(image)
+    run = CommandPipeline("fastsurfer", carbon, tags, args.experiment)
     watcher = StageWatcher(run.tracker)
-    subject = sd / sid
     code, signalled = run.execute(
-        cmd, watch_file=subject / "scripts" / "deep-seg.log", on_file_line=watcher, poll_s=0.1
+        cmd, env, watch_file=scripts / "deep-seg.log", on_file_line=watcher, poll_s=0.1, cpus=cpus
     )
+    watcher.close(run.tracker.elapsed_s())
     run.stop()
+    _tag_device(run.sink, watcher.log.device)
     seg = subject / "mri" / "aparc.DKTatlas+aseg.deep.mgz"
     dice_error = None
-    if code == 0:
+    # a failed run still ran the networks whose planes all finished: their cost is measured work
+    done = [m for m in watcher.log.modules if code == 0 or len(watcher.log.planes.get(m, {})) == 3]
+    if code == 0 and not done:  # a log without echoed command lines (FastSurfer < 2.1)
+        done = ["asegdkt"]
+    if done:
         try:
-            log_model_cost(run.sink, watcher.checkpoints)
+            log_model_cost(run.sink, done, watcher.log.checkpoints, home, subject / "mri" / "orig.mgz")
         except Exception as exc:  # model cost is extra information: never fail the run for it
             run.sink.set_tags({"wattsup.warning.flops": f"{type(exc).__name__}: {exc}"})
-        if reference is not None:
-            dice_error = score(run.sink, seg, reference, log_dice)
+    if code == 0 and reference is not None:
+        dice_error = score(run.sink, seg, reference, log_dice)
     return run.finish(code, signalled, dice_error, "fastsurfer")
+
+
+def _tag_device(sink, logged: str | None) -> None:
+    """The device FastSurfer itself reported (``Using device: cuda``), which settles ``auto``."""
+    from mlflow_wattsup.analysis.pipelines.fastsurfer import device_kind
+
+    if logged:
+        sink.set_tags({"wattsup.device": device_kind(logged), "wattsup.fastsurfer.device": logged})
 
 
 if __name__ == "__main__":

@@ -4,9 +4,17 @@ Each ``#@# <Stage> <date>`` marker in ``scripts/recon-all.log`` starts a stage t
 the next marker (or the end): ``stage/<Stage>/energy_kwh``, ``.../duration_s`` etc. come from the
 tracker over that window (marker times are when we saw the line, so no time-zone parsing).
 FreeSurfer's own ``@#@FSTIME`` records (wall, user, system seconds and peak memory of every
-binary) are summed per stage (``stage/<Stage>/fstime_cpu_s``) and over the run (``fstime_cpu_s``,
-a cross-check of our ``cpu_time_s``) and kept as ``wattsup/recon-all-commands.csv``. With a
-reference, Dice of ``mri/aseg.mgz`` with FreeSurfer label names.
+binary run through fs_time) are summed per stage (``stage/<Stage>/fstime_cpu_s``) and over the run
+(``fstime_cpu_s``), records nested in another one (8.x) counted once, and kept as
+``wattsup/recon-all-commands.csv``. That sum is FreeSurfer's own partial figure (shell steps and
+commands outside fs_time are missing), not a check of our ``cpu_time_s``, which measures the whole
+process tree. With a reference, Dice of the segmentation the directive leaves: ``mri/aseg.mgz``
+(all, autorecon3) or ``mri/aseg.presurf.mgz`` (autorecon2).
+
+recon-all appends to ``scripts/recon-all.log``: we read only what this call adds. Before starting:
+a ``t1`` for an existing subject is refused (recon-all would refuse ``-i`` after minutes of
+setup), and a leftover ``scripts/IsRunning.*`` (an interrupted run) is reported. recon-all runs
+with ``LC_ALL=C`` so its ``date`` stamps are the same under any locale.
 """
 
 from __future__ import annotations
@@ -64,6 +72,33 @@ def find_recon_all() -> Path:
     raise ParamError(f"recon-all is neither in {home}/bin nor on PATH: is FREESURFER_HOME right?")
 
 
+SEGMENTATION = {"all": "aseg.mgz", "autorecon3": "aseg.mgz", "autorecon2": "aseg.presurf.mgz"}
+
+
+def check_subject(subject: Path, t1: Path | None, directive: str, reference: Path | None) -> None:
+    """What recon-all would refuse or fail on, said in seconds (ParamError)."""
+    if t1 is None and not subject.is_dir():
+        raise ParamError(
+            f"t1 is required: {subject} does not exist yet (give -P t1=FILE to start a new subject)"
+        )
+    if t1 is not None and subject.is_dir():
+        raise ParamError(
+            f"t1={t1}: subject {subject} already exists and recon-all refuses new input (-i) for it; "
+            "leave t1 empty to continue that subject, or choose a new sid"
+        )
+    running = sorted(p.name for p in (subject / "scripts").glob("IsRunning.*")) if subject.is_dir() else []
+    if running:
+        raise ParamError(
+            f"{subject / 'scripts' / running[0]} exists: recon-all is running on {subject.name}, or a run "
+            "was interrupted; if none is running, delete that file and start again"
+        )
+    if reference is not None and directive not in SEGMENTATION:
+        raise ParamError(
+            f"reference given but directive={directive} writes no segmentation (aseg.presurf.mgz comes "
+            "with autorecon2, aseg.mgz with autorecon3): use autorecon2, autorecon3 or all"
+        )
+
+
 class StageWatcher:
     """recon-all.log lines -> tracker stages and per-stage FSTIME sums."""
 
@@ -74,10 +109,18 @@ class StageWatcher:
         self.stages: list[str] = []
 
     def __call__(self, line: str, seen: float) -> None:
-        from mlflow_wattsup.analysis.pipelines.freesurfer import FsTime, StageMarker, parse_line
+        from mlflow_wattsup.analysis.pipelines.freesurfer import (
+            FsTime,
+            NewInvocation,
+            StageMarker,
+            parse_line,
+        )
 
         item = parse_line(line)
-        if isinstance(item, StageMarker):
+        if isinstance(item, NewInvocation):  # another call's text from here on: start afresh
+            self.close(seen)
+            self.fstime.clear()
+        elif isinstance(item, StageMarker):
             self.close(seen)
             self.current = (item.stage, seen)
             self.stages.append(item.stage)
@@ -90,15 +133,21 @@ class StageWatcher:
             self.tracker.add_stage(name, start, max(start, end))
             self.current = None
 
+    def nested(self) -> list[bool]:
+        from mlflow_wattsup.analysis.pipelines.freesurfer import nesting
+
+        return nesting([t for _, t in self.fstime])
+
     def metrics(self) -> dict[str, float]:
         from mlflow_wattsup.tracking.tracker import stage_key
 
         out: dict[str, float] = {}
         if not self.fstime:
             return out
-        out["fstime_cpu_s"] = sum(t.cpu_s for _, t in self.fstime)
-        out["fstime_wall_s"] = sum(t.wall_s for _, t in self.fstime)
-        for stage, t in self.fstime:
+        top = [rec for rec, inner in zip(self.fstime, self.nested(), strict=True) if not inner]
+        out["fstime_cpu_s"] = sum(t.cpu_s for _, t in top)
+        out["fstime_wall_s"] = sum(t.wall_s for _, t in top)
+        for stage, t in top:
             if stage:
                 key = f"stage/{stage_key(stage)}/fstime_cpu_s"
                 out[key] = out.get(key, 0.0) + t.cpu_s
@@ -107,8 +156,20 @@ class StageWatcher:
     def table(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["stage", "command", "started", "wall_s", "user_s", "sys_s", "cpu_percent", "max_rss_kb"])
-        for stage, t in self.fstime:
+        w.writerow(
+            [
+                "stage",
+                "command",
+                "started",
+                "wall_s",
+                "user_s",
+                "sys_s",
+                "cpu_percent",
+                "max_rss_kb",
+                "nested",
+            ]
+        )
+        for (stage, t), inner in zip(self.fstime, self.nested(), strict=True):
             w.writerow(
                 [
                     stage,
@@ -119,6 +180,7 @@ class StageWatcher:
                     t.sys_s,
                     t.cpu_percent,
                     t.max_rss_kb,
+                    int(inner),
                 ]
             )
         return buf.getvalue()
@@ -154,18 +216,16 @@ def main(argv=None) -> int:
     threads = int_param("threads", args.threads, 1, 1024)
     subject = subjects_dir / sid
     t1 = path_param("t1", args.t1)
-    if t1 is None and not subject.is_dir():
-        raise ParamError(
-            f"t1 is required: {subject} does not exist yet (give -P t1=FILE to start a new subject)"
-        )
+    check_subject(subject, t1, directive, reference)
     script = find_recon_all()
     carbon = carbon_from(args)
 
     subjects_dir.mkdir(parents=True, exist_ok=True)
     cmd = [str(script), "-s", sid, "-sd", str(subjects_dir), f"-{directive}", "-threads", str(threads)]
-    if t1 is not None and not subject.is_dir():
+    if t1 is not None:
         cmd[3:3] = ["-i", str(t1)]
-    env = dict(os.environ, SUBJECTS_DIR=str(subjects_dir))
+    # recon-all sets LANG=C, but LC_ALL/LC_TIME would still win for its `date` stamps
+    env = dict(os.environ, SUBJECTS_DIR=str(subjects_dir), LC_ALL="C", LANG="C")
     run = CommandPipeline(
         "recon-all",
         carbon,
@@ -185,10 +245,13 @@ def main(argv=None) -> int:
     run.stop()
     run.sink.log_metrics(watcher.metrics())
     if watcher.fstime:
+        run.sink.set_tags({"wattsup.fstime.nested": str(sum(watcher.nested()))})
+    if watcher.fstime:
         run.sink.log_text(watcher.table(), "wattsup/recon-all-commands.csv")
     dice_error = None
     if code == 0 and reference is not None:
-        dice_error = score(run.sink, subject / "mri" / "aseg.mgz", reference, log_dice)
+        seg = subject / "mri" / SEGMENTATION[directive]
+        dice_error = score(run.sink, seg, reference, log_dice)
     return run.finish(code, signalled, dice_error, "freesurfer")
 
 
