@@ -96,6 +96,15 @@ STUDY_REFERENCE_RUN = "wattsup.study.reference_run"
 #: child: the subject directory the study read its volumes and thickness from
 STUDY_SUBJECT_DIR = "wattsup.study.subject_dir"
 
+DICE_EXCLUDED_LABELS = "wattsup.dice.excluded_labels"
+FASTSURFER_MODULES = "wattsup.fastsurfer.modules"
+CPUS = "wattsup.cpus"
+FASTSURFER_IMAGE = "wattsup.fastsurfer.image"
+WARNING_FLOPS = "wattsup.warning.flops"
+FASTSURFER_DEVICE = "wattsup.fastsurfer.device"
+DIRECTIVE = "wattsup.directive"
+FSTIME_NESTED = "wattsup.fstime.nested"
+
 # -- params ---------------------------------------------------------------------------------------
 PUE = "wattsup.pue"
 CARBON_INTENSITY = "wattsup.carbon_intensity_g_per_kwh"

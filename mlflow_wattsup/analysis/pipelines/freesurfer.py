@@ -117,16 +117,3 @@ def parse_line(line: str) -> StageMarker | FsTime | NewInvocation | float | None
         if m:
             return StageMarker(m["stage"].strip(), m.groupdict().get("date") or "")
     return None
-
-
-def parse_log(text: str) -> tuple[list[StageMarker], list[tuple[str, FsTime]]]:
-    """Stage markers in order, and every FSTIME record with the stage it ran in."""
-    stages: list[StageMarker] = []
-    times: list[tuple[str, FsTime]] = []
-    for line in text.splitlines():
-        item = parse_line(line)
-        if isinstance(item, StageMarker):
-            stages.append(item)
-        elif isinstance(item, FsTime):
-            times.append((stages[-1].stage if stages else "", item))
-    return stages, times

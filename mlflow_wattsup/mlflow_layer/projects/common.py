@@ -62,6 +62,26 @@ class CommandPipeline:
             print(f"wattsup: {exc.message}", file=sys.stderr)
             return exc.exit_code, False
 
+    def log_inputs(self, images: Sequence[tuple[Path | None, str]]) -> None:
+        """The images the pipeline reads (``(path, context)``: ``input``, ``reference``) as the
+        run's MLflow dataset inputs with their content digest; never fails the run."""
+        from mlflow_wattsup.mlflow_layer.datasets import image_file, log_images
+
+        if self.run.run_id is None:
+            return  # the store is away: the run does not exist yet
+        try:
+            log_images(self.client, self.run.run_id, [image_file(p, c) for p, c in images if p is not None])
+        except Exception as exc:
+            self.sink.set_tags({keys.warning_tag("inputs"): f"{type(exc).__name__}: {exc}"})
+
+    def compare(self, subject_dir: Path, reference_dir: Path | None, dice: bool) -> None:
+        """The subject's FreeSurfer-format stats (volumes, thickness) and, with ``reference_dir``
+        (the other pipeline's subject directory), their differences: see
+        :func:`~mlflow_wattsup.mlflow_layer.agreement.log_agreement` (never raises)."""
+        from mlflow_wattsup.mlflow_layer.agreement import log_agreement
+
+        log_agreement(self.sink, subject_dir, reference_dir, dice=dice)
+
     def stop(self):
         """End the measurement (call once the command's stages are closed, before post-processing
         such as Dice or FLOPs counting, which is ours and not the pipeline's)."""

@@ -26,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mlflow_wattsup.mlflow_layer import keys
 from mlflow_wattsup.mlflow_layer.projects.common import (
     CommandPipeline,
     add_carbon_args,
@@ -188,7 +189,7 @@ def log_dice(sink, seg: Path, reference: Path) -> None:
         seg, reference, names=names, names_source=source, merge=parse_merge("aseg"), merge_name="aseg"
     )
     _log(merged, prefix="dice_aseg", sink=sink)
-    sink.set_tags({"wattsup.dice.excluded_labels": " ".join(map(str, excluded)) or "none"})
+    sink.set_tags({keys.DICE_EXCLUDED_LABELS: " ".join(map(str, excluded)) or "none"})
 
 
 @entry_point("fastsurfer")
@@ -199,6 +200,7 @@ def main(argv=None) -> int:
     p.add_argument("--sd", required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--reference", default="")
+    p.add_argument("--reference-dir", default="")
     p.add_argument("--threads", default="1")
     p.add_argument("--fastsurfer-home", default="")
     p.add_argument("--py", default="")
@@ -215,6 +217,7 @@ def main(argv=None) -> int:
     sd = path_param("sd", args.sd, must_exist=False)
     device = choice_param("device", args.device, ("cpu", "gpu", "auto"))
     reference = path_param("reference", args.reference)
+    reference_dir = path_param("reference_dir", args.reference_dir, kind="directory")
     threads = int_param("threads", args.threads, 1, 1024)
     no_cereb = bool_param("no_cereb", args.no_cereb)
     no_hypothal = bool_param("no_hypothal", args.no_hypothal)
@@ -280,15 +283,16 @@ def main(argv=None) -> int:
         cmd.append("--allow_root")
     cpus = child_cpus(threads)
     tags = {
-        "wattsup.pipeline": "fastsurfer",
-        "wattsup.device": device,
-        "wattsup.subject": sid,
-        "wattsup.fastsurfer.modules": " ".join(modules),
-        "wattsup.cpus": cpu_list(cpus),
+        keys.PIPELINE: "fastsurfer",
+        keys.DEVICE: device,
+        keys.SUBJECT: sid,
+        keys.FASTSURFER_MODULES: " ".join(modules),
+        keys.CPUS: cpu_list(cpus),
     }
     if image is not None:
-        tags["wattsup.fastsurfer.image"] = str(image)
+        tags[keys.FASTSURFER_IMAGE] = str(image)
     run = CommandPipeline("fastsurfer", carbon, tags, args.experiment)
+    run.log_inputs([(t1, "input"), (reference, "reference")])
     watcher = StageWatcher(run.tracker)
     code, signalled = run.execute(
         cmd, env, watch_file=scripts / "deep-seg.log", on_file_line=watcher, poll_s=0.1, cpus=cpus
@@ -306,9 +310,11 @@ def main(argv=None) -> int:
         try:
             log_model_cost(run.sink, done, watcher.log.checkpoints, home, subject / "mri" / "orig.mgz")
         except Exception as exc:  # model cost is extra information: never fail the run for it
-            run.sink.set_tags({"wattsup.warning.flops": f"{type(exc).__name__}: {exc}"})
+            run.sink.set_tags({keys.WARNING_FLOPS: f"{type(exc).__name__}: {exc}"})
     if code == 0 and reference is not None:
         dice_error = score(run.sink, seg, reference, log_dice)
+    if code == 0:
+        run.compare(subject, reference_dir, dice=reference is None)
     return run.finish(code, signalled, dice_error, "fastsurfer")
 
 
@@ -317,7 +323,7 @@ def _tag_device(sink, logged: str | None) -> None:
     from mlflow_wattsup.analysis.pipelines.fastsurfer import device_kind
 
     if logged:
-        sink.set_tags({"wattsup.device": device_kind(logged), "wattsup.fastsurfer.device": logged})
+        sink.set_tags({keys.DEVICE: device_kind(logged), keys.FASTSURFER_DEVICE: logged})
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from mlflow_wattsup.mlflow_layer import keys
 from mlflow_wattsup.mlflow_layer.projects.common import CommandPipeline, add_carbon_args, carbon_from, score
 from mlflow_wattsup.mlflow_layer.projects.params import (
     ParamError,
@@ -205,6 +206,7 @@ def main(argv=None) -> int:
     p.add_argument("--subjects-dir", required=True)
     p.add_argument("--directive", default="all")
     p.add_argument("--reference", default="")
+    p.add_argument("--reference-dir", default="")
     p.add_argument("--threads", default="1")
     add_carbon_args(p)
     args = p.parse_args(argv)
@@ -213,6 +215,7 @@ def main(argv=None) -> int:
     subjects_dir = path_param("subjects_dir", args.subjects_dir, must_exist=False)
     directive = choice_param("directive", args.directive, DIRECTIVES)
     reference = path_param("reference", args.reference)
+    reference_dir = path_param("reference_dir", args.reference_dir, kind="directory")
     threads = int_param("threads", args.threads, 1, 1024)
     subject = subjects_dir / sid
     t1 = path_param("t1", args.t1)
@@ -230,13 +233,14 @@ def main(argv=None) -> int:
         "recon-all",
         carbon,
         {
-            "wattsup.pipeline": "freesurfer",
-            "wattsup.device": "cpu",
-            "wattsup.subject": sid,
-            "wattsup.directive": directive,
+            keys.PIPELINE: "freesurfer",
+            keys.DEVICE: "cpu",
+            keys.SUBJECT: sid,
+            keys.DIRECTIVE: directive,
         },
         args.experiment,
     )
+    run.log_inputs([(t1, "input"), (reference, "reference")])
     watcher = StageWatcher(run.tracker)
     code, signalled = run.execute(
         cmd, env, watch_file=subject / "scripts" / "recon-all.log", on_file_line=watcher, poll_s=0.1
@@ -245,13 +249,15 @@ def main(argv=None) -> int:
     run.stop()
     run.sink.log_metrics(watcher.metrics())
     if watcher.fstime:
-        run.sink.set_tags({"wattsup.fstime.nested": str(sum(watcher.nested()))})
+        run.sink.set_tags({keys.FSTIME_NESTED: str(sum(watcher.nested()))})
     if watcher.fstime:
         run.sink.log_text(watcher.table(), "wattsup/recon-all-commands.csv")
     dice_error = None
     if code == 0 and reference is not None:
         seg = subject / "mri" / SEGMENTATION[directive]
         dice_error = score(run.sink, seg, reference, log_dice)
+    if code == 0:
+        run.compare(subject, reference_dir, dice=reference is None)
     return run.finish(code, signalled, dice_error, "freesurfer")
 
 
