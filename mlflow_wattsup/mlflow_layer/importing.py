@@ -45,7 +45,7 @@ def write(
     carbon = CarbonConfig(CarbonIntensity(intensity, i_source, run.region or ""), p, pue_source)
     gpu_used = run.gpu_j > 0 or run.tags.get("device") == "gpu"
     tags = {
-        **keys.imported_tags(run.tags),
+        **keys.fact_tags(run.tags),
         **keys.source_tags(
             run.importer, run.importer if gpu_used else "none", run.importer if run.ram_j > 0 else "none"
         ),

@@ -298,9 +298,9 @@ def import_tags(key: str, source: str, notes: Iterable[str] = ()) -> dict[str, s
     return tags
 
 
-def imported_tags(facts: Mapping[str, str]) -> dict[str, str]:
-    """Tags of an imported run from the facts an importer read (``device``, ``cpu_model``, ...):
-    ``wattsup.<fact>``."""
+def fact_tags(facts: Mapping[str, str]) -> dict[str, str]:
+    """``wattsup.<fact>`` tags from the facts a layer-2 reader returns unprefixed (an importer's
+    ``device``, ``cpu_model``; FastSurfer's model cost ``flops_backend``, ...)."""
     return {PREFIX + k: v for k, v in facts.items()}
 
 

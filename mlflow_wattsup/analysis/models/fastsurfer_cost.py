@@ -128,11 +128,11 @@ def model_cost(modules, logged: dict[str, dict[str, str]], home: Path | None, or
     out.metrics.update(
         {"params": total_p, "params_trainable": total_p, "macs": total_m, "flops": 2 * total_m}
     )
-    out.tags = {
-        "wattsup.flops_backend": "torch-flop-counter",
-        "wattsup.flops_input_shape": "; ".join(shapes),
-        "wattsup.model_source": "builtin-fastsurfer2",
-        "wattsup.params_source": " ".join(params_src),
+    out.tags = {  # facts, unprefixed: the MLflow layer gives them their keys
+        "flops_backend": "torch-flop-counter",
+        "flops_input_shape": "; ".join(shapes),
+        "model_source": "builtin-fastsurfer2",
+        "params_source": " ".join(params_src),
     }
     return out
 

@@ -173,7 +173,7 @@ def log_model_cost(sink, modules, checkpoints, home: Path | None, conformed: Pat
 
     cost = model_cost(modules, checkpoints, home, conformed)
     sink.log_metrics(cost.metrics)
-    sink.set_tags(cost.tags)
+    sink.set_tags(keys.fact_tags(cost.tags))
 
 
 def log_dice(sink, seg: Path, reference: Path) -> None:
