@@ -140,3 +140,30 @@ def test_job_ending_while_the_server_restarts_delivers_everything(tmp_path, expe
         if job.poll() is None:
             job.kill()
         srv.stop()
+
+
+def test_processes_our_own_threads_start_are_left_to_them(tracking_uri, client, experiment, tmp_path):
+    """While the command runs, MLflow is imported in a thread of ours, and that import runs
+    `uname` and `git`: the runner (a subreaper waiting on all its children) must leave those to
+    the thread that started them, never take their exit status (which made `wattsup run` fail
+    with ECHILD under SLURM)."""
+    exp_id = client.create_experiment(experiment)
+    run_id = client.create_run(exp_id).info.run_id
+    code = "import time\nt = time.time()\nwhile time.time() - t < 3: sum(range(10000))"
+    r = wattsup("run", "--quiet", "--", sys.executable, "-c", code, env={"MLFLOW_RUN_ID": run_id})
+    assert r.returncode == 0, r.stderr
+    from mlflow_wattsup.tracking.runner import _started_by_us
+
+    p = subprocess.Popen(["true"])  # a child of this process, in its group: ours
+    p.wait()
+    assert not _started_by_us(p.pid)  # reaped: nothing to say about it any more
+    q = subprocess.Popen(["sleep", "5"])
+    try:
+        assert _started_by_us(q.pid)
+        other = subprocess.Popen(["sleep", "5"], start_new_session=True)  # like the command: own group
+        assert not _started_by_us(other.pid)
+        other.kill()
+        other.wait()
+    finally:
+        q.kill()
+        q.wait()

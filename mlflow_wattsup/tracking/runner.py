@@ -255,8 +255,14 @@ class _ChildRunner:
                     return 1, bool(self.signalled)
                 if info is None:
                     continue
+                if info.si_pid != self.pid and _started_by_us(info.si_pid):
+                    _leave_to_its_owner(info.si_pid)
+                    continue
                 with tracker.exclusive():
-                    pid, status, ru = os.wait4(info.si_pid, os.WNOHANG)
+                    try:
+                        pid, status, ru = os.wait4(info.si_pid, os.WNOHANG)
+                    except ChildProcessError:  # reaped meanwhile by whoever started it
+                        continue
                     if pid:
                         tree.add_reaped(ru.ru_utime + ru.ru_stime)
                 if pid == self.pid:
@@ -272,13 +278,20 @@ class _ChildRunner:
 
     @staticmethod
     def _reap_orphans(tracker: Tracker) -> None:
-        """Reap adopted orphans that already exited (never wait for live ones)."""
+        """Reap adopted orphans that already exited (never wait for live ones, never take a
+        process one of our own threads started)."""
         while True:
             with tracker.exclusive():
                 try:
-                    pid, status, ru = os.wait4(-1, os.WNOHANG)
+                    info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
                 except ChildProcessError:
                     return
+                if info is None or _started_by_us(info.si_pid):
+                    return
+                try:
+                    pid, status, ru = os.wait4(info.si_pid, os.WNOHANG)
+                except ChildProcessError:
+                    continue
                 if pid == 0:
                     return
                 tracker.tree.add_reaped(ru.ru_utime + ru.ru_stime)
@@ -293,6 +306,35 @@ class _ChildRunner:
             pass
         finally:
             signal.signal(signal.SIGTTOU, old)
+
+
+def _started_by_us(pid: int) -> bool:
+    """Whether an exited child is one a thread of ours started (importing MLflow runs `uname`
+    and `git`), not the command or an orphan of its tree: ours stay in our process group, the
+    command runs in its own group, and its orphans in that group or a session of their own."""
+    try:
+        return os.getpgid(pid) == os.getpgrp()
+    except OSError:
+        return False
+
+
+def _leave_to_its_owner(pid: int, patience_s: float = 10.0) -> None:
+    """Wait (briefly) for the thread that started ``pid`` to reap it: taking its exit status
+    would make that thread's wait fail (ECHILD). After ``patience_s`` we reap it ourselves so a
+    forgotten zombie cannot stall the command's own end."""
+    import time
+
+    deadline = time.monotonic() + patience_s
+    while time.monotonic() < deadline:
+        time.sleep(0.005)
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return  # its owner reaped it
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def run_status(exit_code: int, signalled: bool) -> str:
