@@ -188,12 +188,18 @@ def _decode(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+#: the NVIDIA driver's control device: NVML needs it (containers with GPUs have it mounted)
+NVIDIA_CONTROL_DEVICE = "/dev/nvidiactl"
+
+
 def open_nvml(nvml: Any = None) -> NvmlMeter | None:
     """Initialise NVML and open the visible GPUs; ``None`` when there is no usable GPU.
 
     ``nvml`` is the module to use (tests pass a fake); by default ``pynvml`` from nvidia-ml-py.
     """
     if nvml is None:
+        if not os.path.exists(NVIDIA_CONTROL_DEVICE):
+            return None  # no NVIDIA driver here (NVML talks to it through this device)
         try:
             import pynvml as nvml  # nvidia-ml-py
         except ImportError:
