@@ -103,22 +103,6 @@ def _tissue_inputs(data, training: bool = False):
     ]
 
 
-def _describe(t) -> None:
-    """The run's description (Overview page), once everything is logged."""
-    from mlflow.tracking import MlflowClient
-
-    from mlflow_wattsup.mlflow_layer.description import describe_or_warn
-
-    client = MlflowClient()
-    if describe_or_warn(client, t.run_id, "segmentation"):
-        from mlflow_wattsup.mlflow_layer.links import ensure_runs_view
-
-        try:
-            ensure_runs_view(client, client.get_run(t.run_id).info.experiment_id)
-        except Exception as exc:  # a view is a convenience: never a reason to fail the run
-            print(f"segmentation: runs-table view not saved ({type(exc).__name__}: {exc})", file=sys.stderr)
-
-
 def _tissue_dice(pred, data):
     from mlflow_wattsup.analysis.dice import dice
     from mlflow_wattsup.analysis.pipelines.tissue import NAMES_SOURCE, TISSUE_NAMES, hemisphere
@@ -183,10 +167,7 @@ def train(argv) -> int:
     torch.manual_seed(seed)
     dev = torch.device("cuda" if device == "gpu" else "cpu")
     tracked = _track(args, "train", "fastsurfercnn-train", device, **{keys.DATASET: f"mni152-2009-{res}mm"})
-    try:
-        run_id = _train(tracked, epochs, res, batch, lr, filters, context, dev)
-    finally:
-        _describe(tracked)
+    run_id = _train(tracked, epochs, res, batch, lr, filters, context, dev)
     print(f"model: runs:/{run_id}/model")
     return 0
 
@@ -295,18 +276,15 @@ def infer(argv) -> int:
         device,
         **{keys.DATASET: f"mni152-2009-{res}mm", keys.MODEL_URI: args.model_uri},
     )
-    try:
-        with tracked as t:
-            data = load_tissue(res)
-            _log_inputs(t, _tissue_inputs(data))
-            start = time.perf_counter()
-            with t.stage("inference"):
-                pred, shape = _predict(model, data, context, dev)
-            mlflow.log_metric("inference_s", time.perf_counter() - start)
-            t.log_model_cost(model, (1, *shape[1:]), passes=shape[0])  # one forward pass per sagittal slice
-            t.log_dice(_tissue_dice(pred, data))
-    finally:
-        _describe(tracked)
+    with tracked as t:
+        data = load_tissue(res)
+        _log_inputs(t, _tissue_inputs(data))
+        start = time.perf_counter()
+        with t.stage("inference"):
+            pred, shape = _predict(model, data, context, dev)
+        mlflow.log_metric("inference_s", time.perf_counter() - start)
+        t.log_model_cost(model, (1, *shape[1:]), passes=shape[0])  # one forward pass per sagittal slice
+        t.log_dice(_tissue_dice(pred, data))
     return 0
 
 
@@ -331,15 +309,12 @@ def classical(argv) -> int:
         "cpu",
         **{keys.DATASET: f"mni152-2009-{res}mm", keys.MODEL_COST: "n/a: no neural network"},
     )
-    try:
-        with tracked as t:
-            data = load_tissue(res)
-            _log_inputs(t, _tissue_inputs(data))
-            with t.stage("segmentation"):
-                pred = gmm_segment(data, seed)
-            t.log_dice(_tissue_dice(pred, data))
-    finally:
-        _describe(tracked)
+    with tracked as t:
+        data = load_tissue(res)
+        _log_inputs(t, _tissue_inputs(data))
+        with t.stage("segmentation"):
+            pred = gmm_segment(data, seed)
+        t.log_dice(_tissue_dice(pred, data))
     return 0
 
 
@@ -371,10 +346,7 @@ def brain_extraction(argv) -> int:
     if ref is not None:
         images.append(image_file(ref, "reference", "colin27-ch2bet" if str(ref) == COLIN_BRAIN else None))
     tracked = _track(args, "brain_extraction", "deepbet", device, **{keys.T1: str(t1)})
-    try:
-        _brain_extraction(tracked, BrainExtraction, t1, ref, device, images)
-    finally:
-        _describe(tracked)
+    _brain_extraction(tracked, BrainExtraction, t1, ref, device, images)
     return 0
 
 
