@@ -93,7 +93,7 @@ def main() -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from mlflow_wattsup.mlflow_layer.report import build, fetch_runs
+    from mlflow_wattsup.report import build, fetch_runs, to_markdown
 
     uri = f"sqlite:///{args.db}"
     client = MlflowClient(uri)
@@ -105,7 +105,7 @@ def main() -> int:
         t0 = time.perf_counter()
         runs = fetch_runs([name], tracking_uri=uri, fast=fast)
         table = build(runs)
-        text = table.to_markdown("wide")
+        text = to_markdown(table, "wide")
         timings[label] = time.perf_counter() - t0
         assert sum(table.n.values()) == args.runs, (sum(table.n.values()), args.runs)
     print(text)

@@ -50,9 +50,9 @@ def make_inputs(d: Path, n: int) -> tuple[Path, Path]:
 def run_study(uri: str, project: Path, tsv: Path, backend: str, workdir: Path, slurm_config=None) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from mlflow_wattsup.mlflow_layer.study import plan as planning
-    from mlflow_wattsup.mlflow_layer.study import subjects as subj
-    from mlflow_wattsup.mlflow_layer.study.runner import Study
+    from mlflow_wattsup.study import plan as planning
+    from mlflow_wattsup.study import subjects as subj
+    from mlflow_wattsup.study.runner import Study
 
     client = MlflowClient(uri)
     exp = client.create_experiment(f"bench-{backend}-{time.time_ns()}")
@@ -122,8 +122,8 @@ def main() -> int:
                 "slurm, mlflow server",
                 run_study(server.uri, project, tsv, "slurm", d / "w-slurm", slurm_config=cfg),
             )
-            from mlflow_wattsup.mlflow_layer.backends import slurm
-            from mlflow_wattsup.mlflow_layer.backends.common import Task
+            from mlflow_wattsup.backends import slurm
+            from mlflow_wattsup.backends.common import Task
 
             # the scheduler alone: a bare array of the same number of `true` tasks, start to end
             bare = d / "bare.sbatch"

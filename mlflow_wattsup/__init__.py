@@ -1,82 +1,43 @@
 """mlflow-wattsup: the compute cost of a run (energy, carbon, runtime, model cost, quality) as
 MLflow metrics, params and tags.
 
-The package's folders are its layers, each importing only from those above it:
+The package's folders are its layers; a module imports only from its own folder and the folders
+listed before it (``tests/test_layers.py`` reads this order and enforces it):
 
-1. :mod:`mlflow_wattsup.meters` - hardware readers (RAPL, NVML, process tree, estimator) and the
-   value types they return (:mod:`~mlflow_wattsup.meters.units`)
-2. :mod:`mlflow_wattsup.analysis` - pure computations over numbers, arrays and files: carbon,
-   model cost, Dice, FreeSurfer/FastSurfer log parsers, importers' readers
-3. :mod:`mlflow_wattsup.tracking` - sampling, integration, attribution, stages, running a command
-4. :mod:`mlflow_wattsup.mlflow_layer` - everything that talks to MLflow: the run lifecycle, the
-   sink, the key contract, ``track()``, the ``wattsup`` CLI, the projects, reports and importers
+1. :mod:`~mlflow_wattsup.meters` - hardware readers (RAPL, NVML, process tree, estimator) and the
+   value types they return (:mod:`~mlflow_wattsup.meters.units`); no MLflow
+2. :mod:`~mlflow_wattsup.analysis` - pure computations over numbers, arrays and files: carbon,
+   model cost, Dice, FreeSurfer/FastSurfer log parsers, importers' readers; no MLflow
+3. :mod:`~mlflow_wattsup.tracking` - sampling, integration, attribution, stages, running a
+   command; no MLflow
+4. :mod:`~mlflow_wattsup.sink` - the key contract and everything we write to a tracking store
+5. :mod:`~mlflow_wattsup.report` - reading runs back: comparison tables, descriptions, plots, links
+6. :mod:`~mlflow_wattsup.run` - one measured run: lifecycle, recording, ``track()``, training,
+   importing, the joined distributed run, the one-shot loggers, the run-context plugin
+7. :mod:`~mlflow_wattsup.backends` - where MLflow Project runs execute (this machine, SLURM)
+8. :mod:`~mlflow_wattsup.study` - a cohort x pipelines x devices as a parent run and its children
+9. :mod:`~mlflow_wattsup.projects` - the entry points of the MLflow Projects in ``projects/``
+10. :mod:`~mlflow_wattsup.cli` - the ``wattsup`` command line
 
-``import mlflow_wattsup`` is cheap; MLflow is imported when :func:`track` is first used. The
-module paths of earlier releases (``mlflow_wattsup.report``, ``mlflow_wattsup.dice``, ...) still
-import, as aliases of their new homes.
+``import mlflow_wattsup`` is cheap; MLflow is imported when :func:`track` is first used.
 """
 
 import importlib
-import importlib.abc
-import importlib.util
-import sys
 
 __version__ = "0.1.0"
+
+#: the layers, lowest first: a module imports only from its own folder and those before it
+LAYERS = ("meters", "analysis", "tracking", "sink", "report", "run", "backends", "study", "projects", "cli")
 
 __all__ = ["__version__", "track", "log_model_cost", "log_dice", "model_cost", "dice_files"]
 
 _LAZY = {
-    "track": "mlflow_layer.api",
-    "log_model_cost": "mlflow_layer.log",
-    "log_dice": "mlflow_layer.log",
+    "track": "run.track",
+    "log_model_cost": "run.log",
+    "log_dice": "run.log",
     "model_cost": "analysis.flops",
     "dice_files": "analysis.dice",
 }
-
-#: modules of earlier releases -> where they live now (``import mlflow_wattsup.report`` keeps working)
-_MOVED = {
-    **{m: f"analysis.{m}" for m in ("carbon", "flops", "dice", "labels", "models", "pipelines", "importers")},
-    **{m: f"tracking.{m}" for m in ("tracker", "runner")},
-    **{
-        m: f"mlflow_layer.{m}"
-        for m in (
-            "api",
-            "log",
-            "report",
-            "plots",
-            "plugin",
-            "projects",
-            "sink",
-            "recording",
-            "importing",
-            "training",
-            "cli",
-        )
-    },
-}
-
-
-class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Resolves ``mlflow_wattsup.<old>[.<sub>]`` to the module at its new path (the same object)."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        parts = fullname.split(".")
-        if len(parts) < 2 or parts[0] != __name__ or parts[1] not in _MOVED:
-            return None
-        return importlib.util.spec_from_loader(fullname, self)
-
-    def create_module(self, spec):
-        parts = spec.name.split(".")
-        module = importlib.import_module(".".join([__name__, _MOVED[parts[1]], *parts[2:]]))
-        self._real_spec = module.__spec__  # the import machinery overwrites it with the alias's
-        return module
-
-    def exec_module(self, module):
-        module.__spec__ = self._real_spec  # nothing to run: the real module ran under its own name
-
-
-if not any(isinstance(f, _MovedFinder) for f in sys.meta_path):
-    sys.meta_path.insert(0, _MovedFinder())  # before the path finder, which would load a second copy
 
 
 def __getattr__(name):

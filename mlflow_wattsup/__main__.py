@@ -1,5 +1,5 @@
 import sys
 
-from mlflow_wattsup.mlflow_layer.cli import main
+from mlflow_wattsup.cli import main
 
 sys.exit(main())

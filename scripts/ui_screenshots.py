@@ -4,10 +4,10 @@
     python scripts/ui_screenshots.py --store sqlite:///mlflow.db --experiment wattsup-demo
 
 Without ``--store``, the demo's pipelines make the runs in a temporary sqlite store
-(``python -m mlflow_wattsup.mlflow_layer.projects.demo --epochs 1``: classical, a one-epoch
+(``python -m mlflow_wattsup.projects.demo --epochs 1``: classical, a one-epoch
 FastSurferCNN training and its inference, about a minute on 2 cores). Then a real
 ``mlflow server`` serves the store and Chromium, driven over the DevTools protocol
-(``tests/browser.py``), saves:
+(``tests/support/browser.py``), saves:
 
   runs-table.png   the experiment's runs table, in our saved view (energy, carbon, Dice columns)
   run-overview.png a run's Overview: description, datasets, metrics
@@ -15,7 +15,7 @@ FastSurferCNN training and its inference, about a minute on 2 cores). Then a rea
   compare.png      MLflow's compare view of the children
   report-html.png  the parent's artifact wattsup/report.html in MLflow's artifact viewer
 
-The browser test (tests/test_ui_browser.py) uses the same functions. MLflow's assistant panel
+The browser test (tests/integration/test_browser.py) uses the same functions. MLflow's assistant panel
 (which opens itself on first load, taking a third of the width) is closed for the screenshots
 through local storage, as a user closing it once would; nothing else is preset: the training
 view comes from the links' ``workflowType`` parameter alone.
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from browser import Chromium, find_chromium  # noqa: E402
+from support.browser import Chromium, find_chromium  # noqa: E402
 
 BIN = Path(sys.executable).parent
 EXPERIMENT = "wattsup-ui"
@@ -70,7 +70,7 @@ def init_store(store: str) -> None:
 
 def start_demo(store: str, workdir: Path, epochs: int = 1, experiment: str = EXPERIMENT) -> subprocess.Popen:
     """The demo's pipelines, as a user starts the demo outside ``mlflow run``."""
-    cmd = [sys.executable, "-m", "mlflow_wattsup.mlflow_layer.projects.demo", "--epochs", str(epochs)]
+    cmd = [sys.executable, "-m", "mlflow_wattsup.projects.demo", "--epochs", str(epochs)]
     log = open(workdir / "demo.log", "wb")
     return subprocess.Popen(
         cmd, cwd=workdir, env=env_for(store, workdir, experiment), stdout=log, stderr=subprocess.STDOUT
@@ -128,7 +128,7 @@ def demo_runs(store: str, experiment: str):
     """(experiment id, parent run, child runs oldest first) of the latest demo in ``experiment``."""
     from mlflow.tracking import MlflowClient
 
-    from mlflow_wattsup.mlflow_layer.description import children
+    from mlflow_wattsup.report.description import children
 
     client = MlflowClient(store)
     exp = client.get_experiment_by_name(experiment)
@@ -144,7 +144,7 @@ def demo_runs(store: str, experiment: str):
 
 def pages(base: str, experiment_id: str, parent, kids) -> dict[str, str]:
     """The addresses a user opens, as we print and write them."""
-    from mlflow_wattsup.mlflow_layer.links import compare_url, experiment_url, run_url
+    from mlflow_wattsup.report.links import compare_url, experiment_url, run_url
 
     first = next((k for k in kids if k.data.tags.get("wattsup.pipeline") == "gmm-classical"), kids[0])
     return {

@@ -1,6 +1,4 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -21,10 +19,6 @@ for var in (
     "CUDA_VISIBLE_DEVICES",
 ):
     os.environ.pop(var, None)
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 @pytest.fixture(scope="session")

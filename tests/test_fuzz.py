@@ -266,7 +266,7 @@ def test_fuzz_option_parsing(argv):
     """The parser (and the validation done before any work) ends in a result or one line + exit 2."""
     import contextlib
 
-    from mlflow_wattsup.mlflow_layer.cli import build_parser
+    from mlflow_wattsup.cli import build_parser
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -286,7 +286,7 @@ def test_fuzz_option_parsing(argv):
 )
 def test_fuzz_carbon_and_project_params(intensity, region, pue):
     from mlflow_wattsup.analysis.carbon import CarbonConfig, CarbonConfigError
-    from mlflow_wattsup.mlflow_layer.projects.params import ParamError, float_param, int_param, name_param
+    from mlflow_wattsup.projects.params import ParamError, float_param, int_param, name_param
 
     try:
         c = CarbonConfig.resolve(intensity, region or None, pue)

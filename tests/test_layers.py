@@ -1,34 +1,46 @@
-"""The architecture of DEVELOPERS.md, enforced: each layer imports only from the layers above it,
-and nothing below the MLflow layer imports MLflow."""
+"""The architecture of DEVELOPERS.md, enforced over the package's import graph (every import,
+function-local ones included): each folder is a layer (``mlflow_wattsup.LAYERS``, lowest first), a
+module imports only from its own folder and the folders below it, nothing below ``sink`` imports
+MLflow, and the graph of module imports has no cycle."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[1] / "mlflow_wattsup"
-#: the package's folders are its layers (DEVELOPERS.md); a module anywhere else fails
-LAYERS = {"meters": 1, "analysis": 2, "tracking": 3, "mlflow_layer": 4}
-TOP_LEVEL = {"mlflow_wattsup", "mlflow_wattsup.__main__"}  # the package itself and `python -m`
-HEAVY_BELOW_4 = ("mlflow", "matplotlib", "pandas")
+import mlflow_wattsup
+
+PKG = Path(mlflow_wattsup.__file__).resolve().parent
+LAYERS = {name: i for i, name in enumerate(mlflow_wattsup.LAYERS, 1)}
+TOP = {"mlflow_wattsup": 0, "mlflow_wattsup.__main__": len(LAYERS) + 1}  # the package, `python -m`
+#: what a layer below ``sink`` must not import (they are MLflow, or heavy enough to matter at start)
+HEAVY_BELOW_SINK = ("mlflow", "matplotlib", "pandas")
 
 
 def layer_of(module: str) -> int:
+    if module in TOP:
+        return TOP[module]
     parts = module.split(".")
-    if module in TOP_LEVEL:
-        return 4 if module.endswith("__main__") else 0
     assert len(parts) > 1 and parts[1] in LAYERS, f"{module} is in no layer's folder ({', '.join(LAYERS)})"
     return LAYERS[parts[1]]
 
 
-def modules():
+def modules() -> dict[str, Path]:
+    out = {}
     for path in sorted(PKG.rglob("*.py")):
         rel = path.relative_to(PKG.parent).with_suffix("")
-        name = ".".join(rel.parts).removesuffix(".__init__")
-        yield name, path
+        out[".".join(rel.parts).removesuffix(".__init__")] = path
+    return out
+
+
+MODULES = modules()
 
 
 def imports_of(name: str, path: Path):
+    """Every module ``name`` imports, anywhere in its body; ``from pkg import sub`` counts as
+    importing the submodule where ``sub`` is one."""
     tree = ast.parse(path.read_text())
     pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     for node in ast.walk(tree):
@@ -40,34 +52,73 @@ def imports_of(name: str, path: Path):
                 base = pkg.split(".")
                 base = base[: len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
-                if node.module is None:
-                    for a in node.names:
-                        yield f"{target}.{a.name}"
-                    continue
-                yield target
             else:
-                yield node.module
+                target = node.module
+            subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in MODULES]
+            yield from subs
+            if len(subs) < len(node.names):
+                yield target
 
 
-@pytest.mark.parametrize("name, path", list(modules()), ids=lambda x: str(x))
-def test_layering(name, path):
+def graph() -> dict[str, set[str]]:
+    return {
+        name: {imp for imp in imports_of(name, path) if imp in MODULES and imp != name}
+        for name, path in MODULES.items()
+    }
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_layering(name):
     mine = layer_of(name)
-    for imp in imports_of(name, path):
-        if imp.startswith("mlflow_wattsup"):
-            if imp == "mlflow_wattsup":
-                continue  # the package itself (version)
-            assert imp.split(".")[1] not in __import__("mlflow_wattsup")._MOVED, (
-                f"{name} imports {imp} by its old path"
-            )
+    for imp in imports_of(name, MODULES[name]):
+        if imp.startswith("mlflow_wattsup.") or imp == "mlflow_wattsup":
+            assert imp == "mlflow_wattsup" or imp in MODULES, f"{name} imports {imp}, which does not exist"
             assert layer_of(imp) <= mine, f"{name} (layer {mine}) imports {imp} (layer {layer_of(imp)})"
-        elif mine < 4:
-            assert imp.split(".")[0] not in HEAVY_BELOW_4, f"{name} (layer {mine}) imports {imp}"
+        elif mine < LAYERS["sink"]:
+            assert imp.split(".")[0] not in HEAVY_BELOW_SINK, f"{name} (layer {mine}) imports {imp}"
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components of ``g`` that hold more than one module."""
+    index, low, stack, on, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(g.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while (w := stack.pop()) != v:
+                on.discard(w)
+                comp.append(w)
+            on.discard(v)
+            if comp:
+                found.append(sorted([v, *comp]))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles():
+    assert cycles(graph()) == [], "import cycles (function-local imports included)"
+
+
+def test_the_cycle_check_sees_cycles():
+    """Not vacuous: a circle of three and a self-contained pair are found, a chain is not."""
+    g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"e"}, "e": {"d"}, "f": {"a"}}
+    assert sorted(cycles(g)) == [["a", "b", "c"], ["d", "e"]]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
 
 
 def test_meters_import_without_mlflow():
-    import subprocess
-    import sys
-
     code = (
         "import sys, mlflow_wattsup.meters.rapl, mlflow_wattsup.meters.nvml, mlflow_wattsup.meters.proctree, "
         "mlflow_wattsup.meters.estimator, mlflow_wattsup.tracking.tracker, mlflow_wattsup.analysis.carbon; "
@@ -77,17 +128,17 @@ def test_meters_import_without_mlflow():
 
 
 def test_every_module_sits_in_a_layer_folder():
-    strays = [name for name, _ in modules() if name not in TOP_LEVEL and name.split(".")[1] not in LAYERS]
+    strays = [name for name in MODULES if name not in TOP and name.split(".")[1] not in LAYERS]
     assert not strays, f"modules outside the layer folders: {strays}"
+    folders = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders == set(LAYERS), f"folders {sorted(folders)} vs mlflow_wattsup.LAYERS {sorted(LAYERS)}"
 
 
-def test_old_module_paths_still_import():
-    import mlflow_wattsup.dice as old
-    import mlflow_wattsup.report as report
-    from mlflow_wattsup.models.fastsurfer_cnn import FastSurferCNN
-
-    import mlflow_wattsup.analysis.dice as new
-
-    assert old is new and old.__spec__.name == "mlflow_wattsup.analysis.dice"
-    assert report.__name__ == "mlflow_wattsup.mlflow_layer.report"
-    assert FastSurferCNN.__module__ == "mlflow_wattsup.analysis.models.fastsurfer_cnn"
+def test_no_layer_prefix_in_docstrings():
+    """The folder says the layer; a docstring that says it by hand goes stale."""
+    stale = [
+        n
+        for n, p in MODULES.items()
+        if (ast.get_docstring(ast.parse(p.read_text())) or "").startswith("Layer ")
+    ]
+    assert not stale, stale

@@ -1,4 +1,4 @@
-"""Layer 1: hardware readers. No MLflow here; every reader returns plain dataclasses.
+"""Hardware readers. No MLflow here; every reader returns plain dataclasses.
 
 - :mod:`.rapl` - CPU package and DRAM energy counters (powercap sysfs)
 - :mod:`.nvml` - NVIDIA GPU energy counters / power

@@ -1,4 +1,4 @@
-"""Layer 3: who we are in a distributed job (from the launcher's environment) and how the
+"""Who we are in a distributed job (from the launcher's environment) and how the
 reports of several measuring agents add up to one job's totals. Nothing here talks to MLflow.
 
 A distributed job (torchrun/DDP workers, the tasks of a SLURM step, MPI ranks) is measured by

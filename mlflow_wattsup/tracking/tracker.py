@@ -1,4 +1,4 @@
-"""Layer 3: sampling, integration and attribution of energy to a process tree, and stages.
+"""Sampling, integration and attribution of energy to a process tree, and stages.
 
 A :class:`Tracker` reads the meters every ``interval_s`` from a background thread and at every
 stage boundary, and integrates per interval between consecutive readings:

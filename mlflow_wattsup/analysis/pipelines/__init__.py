@@ -1,2 +1,2 @@
-"""Layer 2: pipelines as pure functions over files and arrays - the MNI152 tissue data and the
+"""Pipelines as pure functions over files and arrays - the MNI152 tissue data and the
 classical baseline, FreeSurfer and FastSurfer log parsers. No MLflow here."""

@@ -1,2 +1,0 @@
-"""Layer 4: where MLflow Project runs execute - this machine (:mod:`.local`, bounded concurrency)
-or a SLURM cluster (:mod:`.slurm`, also an MLflow project backend named ``slurm``)."""

@@ -1,0 +1,414 @@
+"""Agreement of two pipelines: per-run differences against a reference subject directory, and
+Pearson r / ICC(2,1) across subjects, checked against values computed by hand here."""
+
+import math
+
+import pytest
+from support.contract import documented, undocumented
+from support.helpers import wattsup
+from support.stats_files import (
+    ASEG,
+    thickness_base,
+    write_aseg_stats,
+    write_fastsurfer_segstats,
+    write_parc_stats,
+)
+
+from mlflow_wattsup.analysis.agreement import (
+    MIN_SUBJECTS,
+    anova_two_way,
+    compare,
+    cross_subject,
+    icc_2_1,
+    pearson_r,
+)
+
+# -- by hand: plain Python, the textbook formulas written out -------------------------------------
+
+
+def r_by_hand(x, y):
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy)
+
+
+def icc21_by_hand(rows):
+    """Shrout & Fleiss ICC(2,1) from the two-way ANOVA mean squares, rows = subjects."""
+    n, k = len(rows), len(rows[0])
+    grand = sum(sum(r) for r in rows) / (n * k)
+    row_means = [sum(r) / k for r in rows]
+    col_means = [sum(r[j] for r in rows) / n for j in range(k)]
+    ss_rows = k * sum((m - grand) ** 2 for m in row_means)
+    ss_cols = n * sum((m - grand) ** 2 for m in col_means)
+    ss_total = sum((x - grand) ** 2 for r in rows for x in r)
+    ss_err = ss_total - ss_rows - ss_cols
+    msr, msc, mse = ss_rows / (n - 1), ss_cols / (k - 1), ss_err / ((n - 1) * (k - 1))
+    return (msr - mse) / (msr + (k - 1) * mse + k * (msc - mse) / n)
+
+
+# Shrout & Fleiss (1979), Table 2: 6 targets rated by 4 judges; they report ICC(2,1) = 0.29
+SHROUT_FLEISS = [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]]
+
+
+def test_icc_2_1_matches_the_published_example_and_the_hand_anova():
+    assert icc_2_1(SHROUT_FLEISS) == pytest.approx(0.29, abs=0.005)
+    assert icc_2_1(SHROUT_FLEISS) == pytest.approx(icc21_by_hand(SHROUT_FLEISS), rel=1e-12)
+    a = anova_two_way(SHROUT_FLEISS)
+    # the paper's mean squares: BMS 11.24, JMS 32.49, EMS 1.02
+    assert (a.ms_rows, a.ms_cols, a.ms_error) == pytest.approx((11.24, 32.49, 1.02), abs=0.005)
+
+
+def test_icc_drops_with_an_offset_that_r_ignores():
+    x = [2.1, 2.5, 2.9, 2.4, 3.0]
+    y = [v + 0.3 for v in x]
+    assert pearson_r(x, y) == pytest.approx(1.0)
+    rows = [[a, b] for a, b in zip(x, y, strict=True)]
+    assert icc_2_1(rows) == pytest.approx(icc21_by_hand(rows)) and icc_2_1(rows) < 0.8
+    assert icc_2_1([[a, a] for a in x]) == pytest.approx(1.0)
+
+
+def test_undefined_below_three_subjects_or_without_spread():
+    assert MIN_SUBJECTS == 3
+    assert pearson_r([1.0, 2.0], [1.0, 3.0]) is None and icc_2_1([[1, 2], [3, 4]]) is None
+    assert pearson_r([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None
+    assert icc_2_1([[2.0, 2.0]] * 4) is None
+    with pytest.raises(ValueError, match="equal-length"):
+        pearson_r([1, 2, 3], [1, 2])
+
+
+def test_compare_pairs_by_name_and_says_what_is_unmatched():
+    c = compare({"A": 10.0, "B": 5.0, "C": 0.0, "X": 1.0}, {"A": 8.0, "B": 5.0, "C": 0.0, "Y": 2.0}, "volume")
+    assert [(p.name, p.diff) for p in c.compared] == [("A", 2.0), ("B", 0.0)]
+    assert c.only_run == ["X"] and c.only_reference == ["Y"] and c.empty_both == ["C"]
+    assert c.mean_diff() == 1.0 and c.mean_absdiff() == 1.0 and c.mean_absreldiff() == pytest.approx(0.125)
+    csv_text = c.to_csv()
+    assert csv_text.splitlines()[0] == "name,run_mm3,reference_mm3,diff_mm3,reldiff,note"
+    assert "X,1,,,,run only" in csv_text and "Y,,2,,,reference only" in csv_text
+    assert "C,0,0,,,empty in both: not compared" in csv_text
+
+
+def test_cross_subject_pairs_subjects_and_counts_each_structure():
+    values = {
+        "s1": {"a": {"thickness": {"r1": 2.0, "r2": 3.0}}, "b": {"thickness": {"r1": 2.1, "r2": 3.1}}},
+        "s2": {"a": {"thickness": {"r1": 2.5, "r2": 2.0}}, "b": {"thickness": {"r1": 2.4}}},
+        "s3": {"a": {"thickness": {"r1": 3.0}}, "b": {"thickness": {"r1": 3.3}}},
+        "s4": {"b": {"thickness": {"r1": 9.0}}},
+    }
+    t = cross_subject(values, "a", "b")
+    assert t.subjects == ["s1", "s2", "s3"] and t.unpaired == {"s4": "b"}
+    by = {r.name: r for r in t.rows}
+    assert by["r1"].n == 3 and by["r2"].n == 1 and by["r2"].r is None and by["r2"].icc is None
+    x, y = [2.0, 2.5, 3.0], [2.1, 2.4, 3.3]
+    assert by["r1"].r == pytest.approx(r_by_hand(x, y))
+    assert by["r1"].icc == pytest.approx(icc21_by_hand([list(p) for p in zip(x, y, strict=True)]))
+    assert by["r1"].mean_diff == pytest.approx(sum(a - b for a, b in zip(x, y, strict=True)) / 3)
+    md = t.render("markdown")
+    assert "| thickness (mm) | r1 | 3 |" in md and "s4 (b only)" in md and "ICC(2,1)" in md
+    assert "<th>ICC(2,1)</th>" in t.render("html") and t.render("csv").startswith("measure,unit,name,n,")
+    with pytest.raises(ValueError, match="markdown, html or csv"):
+        t.render("pdf")
+
+
+# -- a study of 5 subjects: FastSurfer's outputs are FreeSurfer's with known perturbations ---------
+
+SUBJECTS = ["sub-01", "sub-02", "sub-03", "sub-04", "sub-05"]
+SCALE = [0.90, 0.95, 1.00, 1.06, 1.12]  # head size per subject (volumes)
+SHIFT_MM = [-0.10, 0.00, 0.05, 0.12, -0.04]  # thickness per subject
+VOL_GAIN = 1.02  # FastSurfer: volumes 2 % larger ...
+VOL_NOISE = [5.0, -12.0, 3.0, 8.0, -4.0]  # ... plus a per-subject offset, mm^3
+TH_OFFSET = 0.050  # FastSurfer: cortex 0.05 mm thicker ...
+TH_NOISE = [0.010, -0.020, 0.000, 0.030, -0.010]  # ... plus per-subject noise, mm
+MISSING = ("sub-03", "ctx-rh-transversetemporal")  # FastSurfer's mapped rh lacks this region there
+
+
+def reference_values(i):
+    vols = {name: round(v * SCALE[i], 1) for _, name, v in ASEG}
+    th = {h: {k: round(v + SHIFT_MM[i], 3) for k, v in thickness_base(h).items()} for h in ("lh", "rh")}
+    return vols, th
+
+
+def fastsurfer_values(i):
+    vols, th = reference_values(i)
+    fvols = {k: (round(v * VOL_GAIN + VOL_NOISE[i], 1) if v else 0.0) for k, v in vols.items()}
+    fth = {h: {k: round(v + TH_OFFSET + TH_NOISE[i], 3) for k, v in d.items()} for h, d in th.items()}
+    if SUBJECTS[i] == MISSING[0]:
+        del fth["rh"]["transversetemporal"]
+    return fvols, fth
+
+
+def make_study(root):
+    dirs = {}
+    for i, s in enumerate(SUBJECTS):
+        vols, th = reference_values(i)
+        fs = root / "freesurfer" / s
+        write_aseg_stats(fs / "stats" / "aseg.stats", vols)
+        for h in ("lh", "rh"):
+            write_parc_stats(fs / "stats" / f"{h}.aparc.DKTatlas.stats", h, th[h])
+        fvols, fth = fastsurfer_values(i)
+        fa = root / "fastsurfer" / s
+        write_aseg_stats(fa / "stats" / "aseg.stats", fvols)
+        write_fastsurfer_segstats(fa / "stats" / "aseg+DKT.stats", fvols)
+        for h in ("lh", "rh"):
+            write_parc_stats(fa / "stats" / f"{h}.aparc.DKTatlas.mapped.stats", h, fth[h], mapped=True)
+        dirs[s] = (fa, fs)
+    return dirs
+
+
+def new_run(client, exp_id, subject, pipeline):
+    run = client.create_run(exp_id, tags={"wattsup.subject": subject, "wattsup.pipeline": pipeline})
+    return run.info.run_id
+
+
+def test_study_of_five_subjects_differences_r_and_icc_by_hand(tmp_path, client, experiment, tracking_uri):
+    from mlflow_wattsup.run.agreement import log_agreement, study_agreement
+
+    dirs = make_study(tmp_path)
+    exp_id = client.create_experiment(experiment)
+    fast_runs = {}
+    for s, (fa, fs) in dirs.items():
+        rid = new_run(client, exp_id, s, "freesurfer")
+        log_agreement(rid, fs)  # its own values only
+        client.set_terminated(rid)
+        rid = new_run(client, exp_id, s, "fastsurfer")
+        log_agreement(rid, fa, fs)
+        client.set_terminated(rid)
+        fast_runs[s] = rid
+
+    for i, s in enumerate(SUBJECTS):
+        run = client.get_run(fast_runs[s])
+        m, t = run.data.metrics, run.data.tags
+        ref_v, ref_th = reference_values(i)
+        fa_v, fa_th = fastsurfer_values(i)
+        # per structure: run - reference, from the values written in the two directories
+        for name in ("Left-Hippocampus", "Brain-Stem", "CC_Posterior"):
+            assert m[f"volume_diff_mm3/{name}"] == pytest.approx(fa_v[name] - ref_v[name], abs=1e-9)
+            assert m[f"volume_mm3/{name}"] == pytest.approx(fa_v[name])
+        assert "volume_diff_mm3/5th-Ventricle" not in m  # empty in both: not compared
+        compared = [k for k in ref_v if ref_v[k] or fa_v[k]]
+        diffs = [fa_v[k] - ref_v[k] for k in compared]
+        assert m["volume_compared_n"] == len(compared) == len(ASEG) - 1
+        assert m["volume_diff_mean_mm3"] == pytest.approx(sum(diffs) / len(diffs))
+        assert m["volume_absdiff_mean_mm3"] == pytest.approx(sum(map(abs, diffs)) / len(diffs))
+        rel = [abs(fa_v[k] - ref_v[k]) / ref_v[k] for k in compared]
+        assert m["volume_absreldiff_mean"] == pytest.approx(sum(rel) / len(rel))
+        th_diffs = [fa_th[h][k] - ref_th[h][k] for h in ("lh", "rh") for k in ref_th[h] if k in fa_th[h]]
+        assert m["thickness_diff_mm/ctx-lh-insula"] == pytest.approx(TH_OFFSET + TH_NOISE[i], abs=1e-9)
+        assert m["thickness_diff_mean_mm"] == pytest.approx(sum(th_diffs) / len(th_diffs))
+        assert m["thickness_compared_n"] == len(th_diffs) == (61 if s == MISSING[0] else 62)
+        assert (
+            t["wattsup.agree.volume"]
+            == f"{len(compared)} structures: stats/aseg.stats vs reference stats/aseg.stats"
+        )
+        assert t["wattsup.agree.thickness"].startswith(
+            "62 regions: stats/lh.aparc.DKTatlas.mapped.stats, stats/rh.aparc.DKTatlas.mapped.stats vs "
+            "reference "
+            "stats/lh.aparc.DKTatlas.stats"
+        ) != (s == MISSING[0])
+        assert t["wattsup.agree.reference"] == str(dirs[s][1].resolve())
+        assert t["wattsup.agree.dice"] == (
+            "n/a: run: no mri/aparc.DKTatlas+aseg.mgz or mri/aparc.DKTatlas+aseg.deep.mgz; "
+            "reference: no mri/aparc.DKTatlas+aseg.mgz or mri/aparc.DKTatlas+aseg.deep.mgz"
+        )
+    t3 = client.get_run(fast_runs[MISSING[0]]).data.tags
+    assert t3["wattsup.agree.thickness_unmatched"] == f"reference only: {MISSING[1]}"
+    import mlflow
+
+    table_csv = mlflow.artifacts.load_text(f"runs:/{fast_runs[MISSING[0]]}/wattsup/agreement_thickness.csv")
+    assert (
+        f"{MISSING[1]},,{reference_values(2)[1]['rh']['transversetemporal']:.6g},,,reference only"
+        in table_csv
+    )
+    assert "wattsup/agreement_volume.csv" in [
+        a.path for a in client.list_artifacts(fast_runs["sub-01"], "wattsup")
+    ]
+
+    # across subjects: per region r and ICC(2,1) of FastSurfer against FreeSurfer
+    table = study_agreement([exp_id], ("fastsurfer", "freesurfer"), client=client)
+    assert table.subjects == SUBJECTS and not table.unpaired
+    by = {(r.measure, r.name): r for r in table.rows}
+    x = [fastsurfer_values(i)[1]["lh"]["insula"] for i in range(5)]
+    y = [reference_values(i)[1]["lh"]["insula"] for i in range(5)]
+    row = by[("thickness", "ctx-lh-insula")]
+    assert row.n == 5
+    assert row.r == pytest.approx(r_by_hand(x, y), rel=1e-9)
+    assert row.icc == pytest.approx(icc21_by_hand([[a, b] for a, b in zip(x, y, strict=True)]), rel=1e-9)
+    assert row.mean_diff == pytest.approx(TH_OFFSET + sum(TH_NOISE) / 5)
+    assert 0 < row.icc < row.r < 1  # the 0.05 mm offset lowers agreement, not correlation
+    xv = [fastsurfer_values(i)[0]["Left-Hippocampus"] for i in range(5)]
+    yv = [reference_values(i)[0]["Left-Hippocampus"] for i in range(5)]
+    vrow = by[("volume", "Left-Hippocampus")]
+    assert vrow.r == pytest.approx(r_by_hand(xv, yv), rel=1e-9)
+    assert vrow.icc == pytest.approx(icc21_by_hand([[a, b] for a, b in zip(xv, yv, strict=True)]), rel=1e-9)
+    assert by[("thickness", MISSING[1])].n == 4
+    assert ("volume", "5th-Ventricle") not in by
+    assert len([r for r in table.rows if r.measure == "thickness"]) == 62
+    md = table.to_markdown()
+    assert f"| thickness (mm) | ctx-lh-insula | 5 | {sum(x) / 5:.3f} | {sum(y) / 5:.3f} |" in md
+    assert f"{row.r:.3f} | {row.icc:.3f} |" in md
+
+    # every key logged is in docs/metrics.md
+    for rid in fast_runs.values():
+        run = client.get_run(rid)
+        logged = set(run.data.metrics) | set(run.data.params) | set(run.data.tags)
+        assert undocumented(logged, documented()) == []
+
+    # the same table from the command line, and the report's block
+    r = wattsup("agree", "--experiment", experiment, "--pipelines", "fastsurfer,freesurfer")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == md
+    r = wattsup(
+        "agree", "--experiment", experiment, "--pipelines", "freesurfer,fastsurfer", "--format", "csv"
+    )
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ",ctx-lh-insula," in ln)
+    assert line.startswith("thickness,mm,ctx-lh-insula,5,") and line.endswith(f",{row.r:.6g},{row.icc:.6g}")
+    from mlflow_wattsup.run.agreement import agreement_block
+
+    assert agreement_block([experiment], fmt="html").startswith(
+        "<h3>Agreement: fastsurfer vs freesurfer</h3>"
+    )
+    assert agreement_block([experiment], ("fastsurfer", "gmm-classical")) == ""
+    # next to the cost table in the report
+    for rid in list(fast_runs.values()) + [r.info.run_id for r in client.search_runs([exp_id])]:
+        client.log_metric(rid, "duration_s", 60.0)
+        client.log_metric(rid, "energy_kwh", 0.01)
+        client.set_tag(rid, "wattsup.source.cpu", "rapl")
+    r = wattsup("report", experiment, "--agreement", "fastsurfer,freesurfer")
+    assert r.returncode == 0, r.stderr
+    cost, _, block = r.stdout.partition("### Agreement: fastsurfer vs freesurfer")
+    assert "| fastsurfer |" in cost and "Energy (Wh)" in cost
+    assert "| thickness (mm) | ctx-lh-insula | 5 |" in block
+    r = wattsup("report", experiment, "--agreement", "fastsurfer,deepbet", "--format", "html")
+    assert r.returncode == 0 and "No subject has runs of both fastsurfer and deepbet" in r.stdout
+    r = wattsup("agree", "--experiment", experiment, "--pipelines", "fastsurfer,deepbet")
+    assert r.returncode == 2 and "no subject has finished fastsurfer and deepbet runs" in r.stderr
+    assert "sub-01 (fastsurfer only)" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_seg_only_run_says_what_it_cannot_compare(tmp_path, client, experiment, tracking_uri):
+    from mlflow_wattsup.run.agreement import log_agreement
+
+    dirs = make_study(tmp_path)
+    fa, fs = dirs["sub-01"]
+    seg_only = tmp_path / "seg_only" / "sub-01"
+    (seg_only / "stats").mkdir(parents=True)
+    (seg_only / "stats" / "aseg+DKT.stats").write_text((fa / "stats" / "aseg+DKT.stats").read_text())
+    exp_id = client.create_experiment(experiment)
+    rid = new_run(client, exp_id, "sub-01", "fastsurfer")
+    log_agreement(rid, seg_only, fs)
+    run = client.get_run(rid)
+    t, m = run.data.tags, run.data.metrics
+    assert t["wattsup.agree.thickness"].startswith("n/a: run: no lh/rh surface stats")
+    assert "--seg_only" in t["wattsup.agree.thickness"]
+    assert t["wattsup.stats.thickness"].startswith("n/a: no lh/rh surface stats")
+    assert t["wattsup.agree.volume"].endswith("stats/aseg+DKT.stats vs reference stats/aseg.stats")
+    assert not any(k.startswith(("thickness_", "thickness_diff_mm/")) for k in m)
+    assert m["volume_compared_n"] == len(ASEG) - 1
+
+    # a malformed reference: a warning tag naming file and line, nothing raised
+    bad = tmp_path / "bad" / "sub-01" / "stats" / "aseg.stats"
+    bad.parent.mkdir(parents=True)
+    hippo = f" {reference_values(0)[0]['Left-Hippocampus']:.1f} "
+    bad.write_text((fs / "stats" / "aseg.stats").read_text().replace(hippo, hippo.replace(".", ","), 1))
+    out = log_agreement(rid, fa, bad.parents[1])
+    assert "error" in out
+    warn = client.get_run(rid).data.tags["wattsup.warning.agreement"]
+    assert (
+        warn.startswith(f"{bad}:")
+        and f"Volume_mm3 is '{hippo.strip().replace('.', ',')}', not a number" in warn
+    )
+
+
+def test_cli_one_subject(tmp_path, client, experiment, tracking_uri):
+    dirs = make_study(tmp_path)
+    fa, fs = dirs["sub-02"]
+    exp_id = client.create_experiment(experiment)
+    rid = new_run(client, exp_id, "sub-02", "fastsurfer")
+    r = wattsup("agree", str(fa), str(fs), "--run-id", rid)
+    assert r.returncode == 0, r.stderr
+    assert "thickness: 62 compared, mean diff +0.03 mm" in r.stdout  # 0.05 offset - 0.02 noise
+    assert f"logged to run {rid}" in r.stderr
+    m = client.get_run(rid).data.metrics
+    assert m["thickness_diff_mean_mm"] == pytest.approx(0.03) and m["volume_compared_n"] == len(ASEG) - 1
+    r = wattsup("agree", str(fa), str(fs), "--no-log", "-o", str(tmp_path / "t.csv"))
+    assert r.returncode == 0 and "# wattsup/agreement_thickness.csv" in (tmp_path / "t.csv").read_text()
+    bad = tmp_path / "bad"
+    (bad / "stats").mkdir(parents=True)
+    (bad / "stats" / "aseg.stats").write_text("# ColHeaders StructName Volume_mm3\nLeft-Hippocampus\n")
+    r = wattsup("agree", str(bad), str(fs), "--no-log")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
+    assert f"{bad / 'stats' / 'aseg.stats'}:2: 1 fields, but '# ColHeaders' (line 1) names 2" in r.stderr
+    r = wattsup("agree", str(tmp_path / "empty"), "--no-log")
+    assert r.returncode == 2 and "no stats to log" in r.stderr
+    r = wattsup("agree")
+    assert r.returncode == 2 and "or --experiment X for a study" in r.stderr
+
+
+def test_dice_of_the_two_directories_segmentations(tmp_path, client, experiment, tracking_uri):
+    """FastSurfer --seg_only (aparc.DKTatlas+aseg.deep.mgz) against FreeSurfer's
+    aparc.DKTatlas+aseg.mgz: Dice per label, and with cortical parcels merged."""
+    import nibabel as nib
+    import numpy as np
+
+    from mlflow_wattsup.run.agreement import log_agreement
+
+    ref = np.zeros((12, 12, 12), np.int32)
+    ref[1:5, 1:5, 1:5] = 17  # Left-Hippocampus, 64 voxels
+    ref[6:10, 1:5, 1:5] = 1035  # ctx-lh-insula, 64 voxels
+    run = np.zeros_like(ref)
+    run[2:6, 1:5, 1:5] = 17  # shifted by one: 48 in common
+    run[6:10, 1:5, 1:3] = 1035  # 32 voxels, all inside the reference's
+    run[6:10, 1:5, 3:5] = 1034  # ctx-lh-transversetemporal: merged with insula into cortex for dice_aseg
+    fs, fa = tmp_path / "fs" / "s", tmp_path / "fa" / "s"
+    for d, rel, data in (
+        (fs, "mri/aparc.DKTatlas+aseg.mgz", ref),
+        (fa, "mri/aparc.DKTatlas+aseg.deep.mgz", run),
+    ):
+        (d / "mri").mkdir(parents=True)
+        nib.save(nib.MGHImage(data, np.eye(4)), str(d / rel))
+    write_aseg_stats(fs / "stats" / "aseg.stats")
+    write_fastsurfer_segstats(fa / "stats" / "aseg+DKT.stats", {"Left-Hippocampus": 4000.0})
+    exp_id = client.create_experiment(experiment)
+    rid = new_run(client, exp_id, "s", "fastsurfer")
+    log_agreement(rid, fa, fs)
+    run_ = client.get_run(rid)
+    m, t = run_.data.metrics, run_.data.tags
+    assert (
+        t["wattsup.agree.dice"] == "mri/aparc.DKTatlas+aseg.deep.mgz vs reference mri/aparc.DKTatlas+aseg.mgz"
+    )
+    assert m["dice/Left-Hippocampus"] == pytest.approx(2 * 48 / (64 + 64))
+    assert m["dice/ctx-lh-insula"] == pytest.approx(2 * 32 / (32 + 64))
+    assert m["dice/ctx-lh-transversetemporal"] == 0.0  # in the run only
+    assert m["dice_aseg/Left-Cerebral-Cortex"] == pytest.approx(1.0)  # all parcels -> cortex (3)
+    assert t["wattsup.agree.volume"].startswith(
+        "1 structures: stats/aseg+DKT.stats vs reference stats/aseg.stats"
+    )
+    logged = set(m) | set(run_.data.params) | set(t)
+    assert undocumented(logged, documented()) == []
+    # a segmentation on another grid: said, not raised; the stats are still logged
+    nib.save(nib.MGHImage(run[:10], np.eye(4)), str(fa / "mri" / "aparc.DKTatlas+aseg.deep.mgz"))
+    rid2 = new_run(client, exp_id, "s", "fastsurfer")
+    log_agreement(rid2, fa, fs)
+    t2 = client.get_run(rid2).data.tags
+    assert t2["wattsup.agree.dice"].startswith("n/a: ") and "is 10x12x12" in t2["wattsup.agree.dice"]
+    assert "volume_diff_mm3/Left-Hippocampus" in client.get_run(rid2).data.metrics
+
+
+def test_through_a_pipelines_sink_never_raises(tmp_path, client, experiment, tracking_uri):
+    """The projects call log_agreement(run.sink, subject_dir, reference_dir) before finishing."""
+    from mlflow_wattsup.run.agreement import log_agreement
+    from mlflow_wattsup.sink import MlflowSink
+
+    fa, fs = make_study(tmp_path)["sub-04"]
+    rid = new_run(client, client.create_experiment(experiment), "sub-04", "fastsurfer")
+    sink = MlflowSink(rid, client, flush_interval_s=0)
+    out = log_agreement(sink, fa, fs)
+    assert out["thickness_compared_n"] == 62
+    assert log_agreement(sink, None, fs)["error"].startswith("TypeError")  # a bug is a tag, not a crash
+    sink.close()
+    run = client.get_run(rid)
+    assert run.data.metrics["thickness_diff_mm/ctx-rh-insula"] == pytest.approx(TH_OFFSET + TH_NOISE[3])
+    assert run.data.tags["wattsup.warning.agreement"].startswith("TypeError")
