@@ -1,4 +1,4 @@
-"""The architecture of DEVELOPERS.md, enforced over the package's import graph (every import,
+"""The architecture (docs/architecture.md), enforced over the package's import graph (every import,
 function-local ones included): each folder is a layer (``mlflow_wattsup.LAYERS``, lowest first), a
 module imports only from its own folder and the folders below it, nothing below ``sink`` imports
 MLflow, and the graph of module imports has no cycle."""

@@ -37,7 +37,7 @@ def project_dir() -> Path:
     here = Path.cwd() / "projects" / "segmentation"
     if (here / "MLproject").is_file():
         return here
-    repo = Path(__file__).resolve().parents[3] / "projects" / "segmentation"
+    repo = Path(__file__).resolve().parents[2] / "projects" / "segmentation"
     if (repo / "MLproject").is_file():
         return repo
     raise ParamError(

@@ -124,7 +124,7 @@ def test_report_artifact_is_rendered_as_a_page(site, browser):
 
 
 def test_without_the_parameter_mlflow_opens_the_genai_view(site):
-    """What the links' parameter is for (MLflow's behaviour, documented in the README): a fresh
+    """What the links' parameter is for (MLflow's behaviour, documented in docs/ui.md): a fresh
     browser opening the bare experiment address lands on the GenAI overview."""
     with Chromium(CHROMIUM, 1600, 1000) as fresh:
         fresh.goto(f"{site['base']}/#/experiments/{site['exp_id']}")
