@@ -3,30 +3,12 @@
 Every Python process these tests start loads tests/support/netguard/sitecustomize.py, which refuses and
 records any other connection or DNS lookup."""
 
-import os
 import subprocess
 import sys
 
-from support.helpers import WATTSUP
-from support.paths import NETGUARD, SHARED
+from support.helpers import WATTSUP, guarded_env
+from support.paths import SHARED
 from support.server import MlflowServer
-
-GUARD = NETGUARD
-
-
-def guarded_env(tmp_path, allow_ports=(), **extra):
-    log = tmp_path / "netguard.log"
-    env = dict(
-        os.environ,
-        WATTSUP_NETGUARD="1",
-        WATTSUP_NETGUARD_LOG=str(log),
-        WATTSUP_NETGUARD_ALLOW=",".join(map(str, allow_ports)),
-        PYTHONPATH=os.pathsep.join([str(GUARD), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        WATTSUP_SPOOL_DIR=str(tmp_path / "spool"),
-    )
-    env.pop("MLFLOW_DISABLE_TELEMETRY", None)  # we must not phone home even when the user did not opt out
-    env.update(extra)
-    return env, log
 
 
 def run(cmd, env, cwd=None, timeout=300):

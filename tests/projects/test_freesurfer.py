@@ -76,7 +76,8 @@ def run_fs(tmp_path, home, experiment, *params, env=None):
 
 @pytest.fixture
 def freesurfer_home(tmp_path):
-    from test_projects import STUBS, install_stub
+    from support.paths import STUBS
+    from support.projects import install_stub
 
     home = tmp_path / "freesurfer"
     install_stub(STUBS / "recon_all.py", home / "bin" / "recon-all")

@@ -1,22 +1,14 @@
 """The MLflow Projects, run the way users run them: `mlflow run ... --env-manager local`, against
 a real sqlite store, with stub FastSurfer / FreeSurfer executables writing the real log formats."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from support.paths import REPO, STUBS
-from support.projects import mlflow_run, our_lines, runs_in
+from support.projects import install_stub, mlflow_run, our_lines, runs_in
 
 nib = pytest.importorskip("nibabel")
-
-
-def install_stub(source: Path, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(f"#!{sys.executable}\n" + source.read_text())
-    target.chmod(0o755)
-    return target
 
 
 def project_params():
@@ -31,7 +23,7 @@ def project_params():
 
 
 def assert_documented(run):
-    from test_contract import documented, undocumented
+    from support.contract import documented, undocumented
 
     keys = set(run.data.metrics) | (set(run.data.params) - project_params()) | set(run.data.tags)
     assert undocumented(keys, documented()) == []
@@ -332,7 +324,7 @@ def test_segmentation_train(tracking_uri, client, experiment, tmp_path):
 
 
 def test_demo_runs_pipelines_and_prints_table(tracking_uri, client, experiment, tmp_path):
-    from test_network import guarded_env
+    from support.helpers import guarded_env
 
     env, netlog = guarded_env(
         tmp_path, (), MLFLOW_EXPERIMENT_NAME=experiment

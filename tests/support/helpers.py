@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from support.paths import NETGUARD
+
 WATTSUP = [sys.executable, "-m", "mlflow_wattsup"]
 
 
@@ -50,3 +52,18 @@ def parse_times(text: str) -> float:
 
     user, sys_ = text.strip().splitlines()[1].split()
     return secs(user) + secs(sys_)
+
+
+def guarded_env(tmp_path, allow_ports=(), **extra):
+    log = tmp_path / "netguard.log"
+    env = dict(
+        os.environ,
+        WATTSUP_NETGUARD="1",
+        WATTSUP_NETGUARD_LOG=str(log),
+        WATTSUP_NETGUARD_ALLOW=",".join(map(str, allow_ports)),
+        PYTHONPATH=os.pathsep.join([str(NETGUARD), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        WATTSUP_SPOOL_DIR=str(tmp_path / "spool"),
+    )
+    env.pop("MLFLOW_DISABLE_TELEMETRY", None)  # we must not phone home even when the user did not opt out
+    env.update(extra)
+    return env, log

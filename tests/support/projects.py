@@ -29,3 +29,10 @@ def runs_in(client, experiment):
 
 def our_lines(stderr, prog):
     return [ln for ln in stderr.splitlines() if ln.startswith(f"{prog}:")]
+
+
+def install_stub(source: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(f"#!{sys.executable}\n" + source.read_text())
+    target.chmod(0o755)
+    return target

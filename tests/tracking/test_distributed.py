@@ -244,7 +244,7 @@ def test_two_simulated_hosts_one_run_sum_per_host(tracking_uri, client, experime
 
 
 def _all_documented(run):
-    from test_contract import documented, undocumented
+    from support.contract import documented, undocumented
 
     logged = {*run.data.metrics, *run.data.params, *run.data.tags}
     assert undocumented(logged, documented()) == []
