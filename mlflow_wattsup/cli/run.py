@@ -146,7 +146,7 @@ def main(args) -> int:
         # A new run: create it first, so the command's own MLflow logging can join it (and
         # epochs need the run from their first line on).
         setup.run_now()
-        env["MLFLOW_TRACKING_URI"] = setup.run.uri
+        env["MLFLOW_TRACKING_URI"] = setup.run.store.uri
         if setup.run.run_id:  # unknown yet if the store is down
             env.update({"MLFLOW_RUN_ID": setup.run.run_id, RUN_ENV: setup.run.run_id})
     on_line = None

@@ -42,7 +42,7 @@ class CommandPipeline:
         from mlflow_wattsup.tracking.tracker import make_tracker
 
         self.run = TrackedRun(experiment=experiment, run_name=name)
-        self.client = self.run.client
+        self.client = self.run.store.client
         self.sink = self.run.sink
         self.carbon = carbon
         self.tags = dict(tags)

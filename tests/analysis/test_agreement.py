@@ -401,10 +401,11 @@ def test_through_a_pipelines_sink_never_raises(tmp_path, client, experiment, tra
     """The projects call log_agreement(run.sink, subject_dir, reference_dir) before finishing."""
     from mlflow_wattsup.run.agreement import log_agreement
     from mlflow_wattsup.sink import MlflowSink
+    from mlflow_wattsup.sink.transport import Store
 
     fa, fs = make_study(tmp_path)["sub-04"]
     rid = new_run(client, client.create_experiment(experiment), "sub-04", "fastsurfer")
-    sink = MlflowSink(rid, client, flush_interval_s=0)
+    sink = MlflowSink(rid, Store(client), flush_interval_s=0)
     out = log_agreement(sink, fa, fs)
     assert out["thickness_compared_n"] == 62
     assert log_agreement(sink, None, fs)["error"].startswith("TypeError")  # a bug is a tag, not a crash
