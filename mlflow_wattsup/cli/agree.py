@@ -75,7 +75,8 @@ def main(args) -> int:
     if args.subject_dir is None:
         return study(args)
     from mlflow_wattsup.analysis.fsstats import StatsFormatError
-    from mlflow_wattsup.run.agreement import STATS_TAG, agreement, log_result
+    from mlflow_wattsup.run.subject_stats import agreement, log_result
+    from mlflow_wattsup.sink import keys
 
     try:
         result = agreement(args.subject_dir, args.reference_dir, not args.no_dice)
@@ -83,8 +84,8 @@ def main(args) -> int:
         raise UsageError(str(exc)) from None
     if not result.metrics:
         raise UsageError(
-            f"{args.subject_dir}: no stats to log ({result.tags[STATS_TAG.format(measure='volume')]}; "
-            f"{result.tags[STATS_TAG.format(measure='thickness')]})"
+            f"{args.subject_dir}: no stats to log ({result.tags[keys.stats_tag('volume')]}; "
+            f"{result.tags[keys.stats_tag('thickness')]})"
         )
     lines = [f"{k}: {v}" for k, v in sorted(result.tags.items())]
     for measure, c in result.comparisons.items():
@@ -116,7 +117,7 @@ def main(args) -> int:
 
 
 def study(args) -> int:
-    from mlflow_wattsup.run.agreement import study_agreement
+    from mlflow_wattsup.report.agreement_table import notes, render, study_agreement
 
     if args.reference_dir or args.run_id or args.no_log:
         raise UsageError("REFERENCE_DIR, --run-id and --no-log need SUBJECT_DIR")
@@ -125,16 +126,16 @@ def study(args) -> int:
     a, b = pipeline_pair(args.pipelines)
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(args.tracking_uri)
-    ids = []
-    for name in args.experiment:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise UsageError(f"no experiment named {name!r} at {client.tracking_uri}")
-        ids.append(exp.experiment_id)
-    table = study_agreement(ids, (a, b), client, args.filter)
+    from mlflow_wattsup.sink.transport import Store
+
+    store = Store(MlflowClient(args.tracking_uri))
+    try:
+        ids = store.experiment_ids(args.experiment)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    table = study_agreement(ids, (a, b), store, args.filter)
     if not table.subjects:
-        why = "; ".join(table.notes()[1:]) or "no run tagged wattsup.subject and wattsup.pipeline with stats"
+        why = "; ".join(notes(table)[1:]) or "no run tagged wattsup.subject and wattsup.pipeline with stats"
         raise UsageError(f"no subject has finished {a} and {b} runs with logged volumes or thickness ({why})")
-    _write(args, table.render(args.format))
+    _write(args, render(table, args.format))
     return 0

@@ -71,7 +71,7 @@ def main(args) -> int:
     text = render(table, args.format, args.layout)
     if args.agreement and args.format != "csv":
         from mlflow_wattsup.cli.agree import pipeline_pair
-        from mlflow_wattsup.run.agreement import agreement_block
+        from mlflow_wattsup.report.agreement_table import agreement_block
 
         pair = pipeline_pair(args.agreement)
         block = agreement_block(args.experiments, pair, args.format, args.filter, args.tracking_uri)

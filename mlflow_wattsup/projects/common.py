@@ -77,8 +77,8 @@ class CommandPipeline:
     def compare(self, subject_dir: Path, reference_dir: Path | None, dice: bool) -> None:
         """The subject's FreeSurfer-format stats (volumes, thickness) and, with ``reference_dir``
         (the other pipeline's subject directory), their differences: see
-        :func:`~mlflow_wattsup.run.agreement.log_agreement` (never raises)."""
-        from mlflow_wattsup.run.agreement import log_agreement
+        :func:`~mlflow_wattsup.run.subject_stats.log_agreement` (never raises)."""
+        from mlflow_wattsup.run.subject_stats import log_agreement
 
         log_agreement(self.sink, subject_dir, reference_dir, dice=dice)
 

@@ -28,7 +28,7 @@ from mlflow_wattsup.report.model import (
     RunRow,
     energy_basis,
 )
-from mlflow_wattsup.report.render import ESTIMATE_MARK, fmt, render, to_csv, to_html, to_markdown
+from mlflow_wattsup.report.render import ESTIMATE_MARK, render, to_csv, to_html, to_markdown
 from mlflow_wattsup.report.whatif import WhatIf, what_if
 
 __all__ = [
@@ -47,7 +47,6 @@ __all__ = [
     "columns",
     "energy_basis",
     "fetch_runs",
-    "fmt",
     "render",
     "report",
     "rows_from_dataframe",

@@ -70,22 +70,25 @@ def fetch_runs(
     return _fetch_search(client, ids, filter_string, page_size)
 
 
+def run_row(run) -> RunRow:
+    """What the report needs of an MLflow ``Run``: the metrics of NEEDED_METRICS, the tags
+    starting with TAG_PREFIX, the params of NEEDED_PARAMS."""
+    d = run.data
+    return RunRow(
+        run.info.run_id,
+        {k: v for k, v in d.metrics.items() if k in NEEDED_METRICS},
+        {k: v for k, v in d.tags.items() if k.startswith(TAG_PREFIX)},
+        {k: v for k, v in d.params.items() if k in NEEDED_PARAMS},
+    )
+
+
 def _fetch_search(client, experiment_ids: list[str], filter_string: str, page_size: int) -> list[RunRow]:
     """``search_runs`` page by page, keeping only what the report needs of each run."""
     rows: list[RunRow] = []
     token = None
     while True:
         page = client.search_runs(experiment_ids, filter_string, max_results=page_size, page_token=token)
-        for run in page:
-            d = run.data
-            rows.append(
-                RunRow(
-                    run.info.run_id,
-                    {k: v for k, v in d.metrics.items() if k in NEEDED_METRICS},
-                    {k: v for k, v in d.tags.items() if k.startswith(TAG_PREFIX)},
-                    {k: v for k, v in d.params.items() if k in NEEDED_PARAMS},
-                )
-            )
+        rows.extend(map(run_row, page))
         token = page.token
         if not token:
             return rows

@@ -19,7 +19,7 @@ from mlflow_wattsup.tracking.tracker import stage_key
 
 
 def find_imported(store: Store, experiment_id: str, key: str) -> str | None:
-    runs = store.client.search_runs([experiment_id], f"tags.`{keys.IMPORT_KEY}` = '{key}'", max_results=1)
+    runs = store.search_runs([experiment_id], f"tags.`{keys.IMPORT_KEY}` = '{key}'", max_results=1)
     return runs[0].info.run_id if runs else None
 
 

@@ -266,9 +266,10 @@ class TrackedRun:
     def _describe(self) -> None:
         """The run's description in words (never over a user's), and our saved runs-table view in
         an experiment we created the run in; a failure here is one line, never an error."""
-        from mlflow_wattsup.report.description import describe_or_warn
+        from mlflow_wattsup.report.notes import describe_or_warn
+        from mlflow_wattsup.report.run_note import describe_run
 
-        describe_or_warn(self.store.client, self.run_id)
+        describe_or_warn(describe_run, self.store.client, self.run_id)
         if self.created:
             try:
                 from mlflow_wattsup.report.links import ensure_runs_view

@@ -18,12 +18,22 @@ from types import SimpleNamespace
 
 import pytest
 
-from mlflow_wattsup.analysis.agreement import compare, cross_subject
+from mlflow_wattsup.analysis.agreement_stats import compare, cross_subject
 from mlflow_wattsup.analysis.carbon import CarbonConfig, CarbonIntensity
 from mlflow_wattsup.meters.units import Energy
-from mlflow_wattsup.report import RunRow, build, render, what_if
-from mlflow_wattsup.report import description as desc
-from mlflow_wattsup.report.render import fmt as table_fmt
+from mlflow_wattsup.report import (
+    RunRow,
+    agreement_table,
+    build,
+    numbers,
+    parent_note,
+    render,
+    run_note,
+    what_if,
+)
+from mlflow_wattsup.report.artifacts import report_html
+from mlflow_wattsup.report.fetch import run_row
+from mlflow_wattsup.report.render import cell_number
 from mlflow_wattsup.run import recording
 from mlflow_wattsup.tracking.tracker import Sources, Totals
 
@@ -38,22 +48,22 @@ def report_text(table, fmt, layout):
 
 
 def agreement_text(table, fmt):
-    return table.render(fmt)
+    return agreement_table.render(table, fmt)
 
 
 def comparison_csv(comparison):
-    return comparison.to_csv()
+    return agreement_table.comparison_csv(comparison)
 
 
 NUMBER_FORMATS = {
     # a user-facing role -> the function that formats it
-    "description": desc.fmt,
-    "count": desc.fmt_big,
-    "energy_kwh": desc.fmt_energy_kwh,
-    "seconds": desc.fmt_seconds,
-    "table_cell": lambda x: table_fmt(x),
-    "table_cell_big": lambda x: table_fmt(x, True),
-    "hms": recording.fmt_duration,
+    "description": numbers.fmt,
+    "count": lambda x: numbers.fmt(x, big=True),
+    "energy_kwh": numbers.energy_kwh,
+    "seconds": numbers.seconds,
+    "table_cell": lambda x: cell_number(x),
+    "table_cell_big": lambda x: cell_number(x, True),
+    "hms": numbers.clock,
 }
 
 # -- random inputs ----------------------------------------------------------------------------------
@@ -157,11 +167,14 @@ def report_cases():
             for fmt in ("markdown", "csv", "html"):
                 for layout in ("long", "wide"):
                     yield f"report/{s:02d}/{fmt}/{layout}/{carbon}", safe(report_text, table, fmt, layout)
-            yield f"report/{s:02d}/compact/{carbon}", safe(lambda t: "\n".join(desc.compact_table(t)), table)
+            yield (
+                f"report/{s:02d}/compact/{carbon}",
+                safe(lambda t: "\n".join(parent_note.compact_table(t)), table),
+            )
             for layout in ("long", "wide"):
                 yield (
                     f"report/{s:02d}/page/{layout}/{carbon}",
-                    safe(desc.report_html, table, f"runs {s} <&>", layout),
+                    safe(report_html, table, f"runs {s} <&>", layout),
                 )
 
 
@@ -233,12 +246,12 @@ def run_values(rng: random.Random, special: bool = True):
     return metrics, params, tags
 
 
-def run_note(*args) -> str:
-    return desc.run_markdown(*args) or "(none)"
+def run_note_text(*args) -> str:
+    return run_note.run_markdown(*args) or "(none)"
 
 
-def parent_note(*args) -> str:
-    return desc.parent_markdown(*args) or "(none)"
+def parent_note_text(*args) -> str:
+    return parent_note.parent_markdown(*args) or "(none)"
 
 
 def description_cases():
@@ -246,7 +259,7 @@ def description_cases():
         rng = random.Random(1000 + s)
         for i in range(3):
             m, p, t = run_values(rng)
-            yield f"run/{s:02d}/{i}", safe(run_note, m, p, t, rng.choice([None, "9.9"]))
+            yield f"run/{s:02d}/{i}", safe(run_note_text, m, p, t, rng.choice([None, "9.9"]))
         kids = []
         for i in range(rng.choice([0, 1, 2, 4, 7, 25])):
             m, p, t = run_values(rng, special=s % 2 == 0)
@@ -257,10 +270,10 @@ def description_cases():
                     data=SimpleNamespace(metrics=m, params=p, tags=t),
                 )
             )
-        rows = [r for r in desc.rows_of(kids) if "energy_kwh" in r.metrics]
+        rows = [r for r in map(run_row, kids) if "energy_kwh" in r.metrics]
         unit, title = rng.choice(["s", "h"]), rng.choice([None, "study x", "a|b <c>"])
         table = build(rows, runtime_unit=unit)
-        yield f"parent/{s:02d}", safe(parent_note, str(s), kids, table, title)
+        yield f"parent/{s:02d}", safe(parent_note_text, str(s), kids, table, title)
 
 
 def agreement_cases():
