@@ -54,20 +54,17 @@ def fetch_runs(
     """
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
-    ids = list(experiment_ids or [])
-    for name in experiment_names or []:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise ValueError(f"no experiment named {name!r} at {client.tracking_uri}")
-        ids.append(exp.experiment_id)
+    from mlflow_wattsup.sink.transport import Store
+
+    store = Store(MlflowClient(tracking_uri))
+    ids = list(experiment_ids or []) + store.experiment_ids(experiment_names or [])
     if not ids:
         raise ValueError("give at least one experiment")
     if fast and not filter_string.strip():
-        rows = _fetch_sql(client, ids)
+        rows = _fetch_sql(store.client, ids)
         if rows is not None:
             return rows
-    return _fetch_search(client, ids, filter_string, page_size)
+    return [run_row(r) for r in store.search_runs(ids, filter_string, page_size=page_size)]
 
 
 def run_row(run) -> RunRow:
@@ -80,18 +77,6 @@ def run_row(run) -> RunRow:
         {k: v for k, v in d.tags.items() if k.startswith(TAG_PREFIX)},
         {k: v for k, v in d.params.items() if k in NEEDED_PARAMS},
     )
-
-
-def _fetch_search(client, experiment_ids: list[str], filter_string: str, page_size: int) -> list[RunRow]:
-    """``search_runs`` page by page, keeping only what the report needs of each run."""
-    rows: list[RunRow] = []
-    token = None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string, max_results=page_size, page_token=token)
-        rows.extend(map(run_row, page))
-        token = page.token
-        if not token:
-            return rows
 
 
 def _fetch_sql(client, experiment_ids: Sequence[str]) -> list[RunRow] | None:

@@ -23,21 +23,12 @@ MAX_LINKS = 20
 
 def children(client, run_id: str, experiment_id: str | None = None) -> list:
     """The parent's child runs (tag ``mlflow.parentRunId``), oldest first."""
+    from mlflow_wattsup.sink.transport import Store
+
     if experiment_id is None:
         experiment_id = client.get_run(run_id).info.experiment_id
-    out, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            f"tags.`{PARENT_TAG}` = '{run_id}'",
-            max_results=1000,
-            order_by=["attributes.start_time ASC"],
-            page_token=token,
-        )
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
+    flt = f"tags.`{PARENT_TAG}` = '{run_id}'"
+    return Store(client).search_runs([experiment_id], flt, order_by=["attributes.start_time ASC"])
 
 
 def compact_table(table: Report) -> list[str]:

@@ -194,10 +194,6 @@ class Store:
 
     # -- reading --------------------------------------------------------------------------------
 
-    def get_run(self, run_id: str):
-        """The run (MLflow's ``Run``: info, metrics, params, tags)."""
-        return self.client.get_run(run_id)
-
     def search_runs(
         self,
         experiment_ids: Iterable[str],
@@ -209,12 +205,11 @@ class Store:
     ) -> list:
         """The runs of ``experiment_ids`` that match ``filter_string``, all of them page by page
         (or the first ``max_results``), in ``order_by`` (MLflow's syntax)."""
-        out: list = []
-        token = None
+        ids, out, token = list(experiment_ids), [], None
         while True:
             size = page_size if max_results is None else min(page_size, max_results - len(out))
             page = self.client.search_runs(
-                list(experiment_ids),
+                ids,
                 filter_string,
                 max_results=size,
                 order_by=list(order_by) if order_by else None,
