@@ -39,14 +39,11 @@ from mlflow_wattsup.backends.common import (
     KILLED,
     RUNNING,
     SCHEDULED,
-    TAG_EXIT_CODE,
-    TAG_JOB_ID,
-    TAG_JOB_STATE,
-    TAG_LOG,
     TERMINAL,
     Task,
     check_cluster_store,
 )
+from mlflow_wattsup.sink import keys
 
 _log = logging.getLogger(__name__)
 
@@ -327,13 +324,13 @@ def settle(client, job: SlurmJob, new: dict[int, tuple[str, int, str]]) -> dict[
             if time.monotonic() - first < CANCEL_GRACE_S:
                 del job.ended[i]  # the next poll reports it again
                 continue
-        tags = [RunTag(TAG_LOG, task.log)] if task.log else []
+        tags = [RunTag(keys.JOB_LOG, task.log)] if task.log else []
         if run.info.status in TERMINAL:
             final[task.run_id] = run.info.status
         else:
-            tags += [RunTag(TAG_JOB_ID, job.task_job_id(i)), RunTag(TAG_JOB_STATE, state)]
+            tags += [RunTag(keys.SLURM_JOB_ID, job.task_job_id(i)), RunTag(keys.SLURM_STATE, state)]
             if code >= 0:
-                tags.append(RunTag(TAG_EXIT_CODE, str(code)))
+                tags.append(RunTag(keys.EXIT_CODE, str(code)))
             final[task.run_id] = status
         client.log_batch(task.run_id, tags=tags)
         if run.info.status not in TERMINAL:
@@ -436,8 +433,8 @@ def _backend_class():
                 if isinstance(exc, SlurmError):
                     raise ExecutionException(str(exc)) from None
                 raise
-            client.set_tag(run_id, TAG_JOB_ID, job.job_id)
-            client.set_tag(run_id, TAG_LOG, task.log)
+            client.set_tag(run_id, keys.SLURM_JOB_ID, job.job_id)
+            client.set_tag(run_id, keys.JOB_LOG, task.log)
             msg = (
                 f"wattsup slurm: submitted job {job.job_id} for run {run_id} (log {task.log}); `mlflow run` "
                 "does not wait for plugin backends: the run is SCHEDULED until the job starts, then the job "

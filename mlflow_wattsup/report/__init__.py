@@ -21,7 +21,6 @@ from mlflow_wattsup.report.aggregate import NEEDED_METRICS, RUNTIME_UNITS, build
 from mlflow_wattsup.report.fetch import NEEDED_PARAMS, fetch_runs, rows_from_dataframe
 from mlflow_wattsup.report.model import (
     DEFAULT_GROUP_BY,
-    TAG_PREFIX,
     Cell,
     Column,
     Report,
@@ -37,7 +36,6 @@ __all__ = [
     "NEEDED_METRICS",
     "NEEDED_PARAMS",
     "RUNTIME_UNITS",
-    "TAG_PREFIX",
     "Cell",
     "Column",
     "Report",

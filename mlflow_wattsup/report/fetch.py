@@ -9,13 +9,12 @@ import math
 from collections.abc import Sequence
 
 from mlflow_wattsup.report.aggregate import NEEDED_METRICS
-from mlflow_wattsup.report.model import TAG_PREFIX, RunRow
-from mlflow_wattsup.report.whatif import INTENSITY_PARAM
+from mlflow_wattsup.report.model import RunRow
 from mlflow_wattsup.sink import keys
 
 #: the params the report reads (``fetch_runs`` asks only for these, the metrics of NEEDED_METRICS
-#: and the tags starting with TAG_PREFIX)
-NEEDED_PARAMS = (keys.PUE, INTENSITY_PARAM)
+#: and the tags starting with ``wattsup.``)
+NEEDED_PARAMS = (keys.PUE, keys.CARBON_INTENSITY)
 
 
 def rows_from_dataframe(df) -> list[RunRow]:
@@ -69,12 +68,12 @@ def fetch_runs(
 
 def run_row(run) -> RunRow:
     """What the report needs of an MLflow ``Run``: the metrics of NEEDED_METRICS, the tags
-    starting with TAG_PREFIX, the params of NEEDED_PARAMS."""
+    starting with ``wattsup.``, the params of NEEDED_PARAMS."""
     d = run.data
     return RunRow(
         run.info.run_id,
         {k: v for k, v in d.metrics.items() if k in NEEDED_METRICS},
-        {k: v for k, v in d.tags.items() if k.startswith(TAG_PREFIX)},
+        {k: v for k, v in d.tags.items() if k.startswith(keys.PREFIX)},
         {k: v for k, v in d.params.items() if k in NEEDED_PARAMS},
     )
 
@@ -110,7 +109,7 @@ def _fetch_sql(client, experiment_ids: Sequence[str]) -> list[RunRow] | None:
             tags = (
                 session.query(SqlTag.run_uuid, SqlTag.key, SqlTag.value)
                 .join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid)
-                .filter(SqlRun.experiment_id.in_(ids), SqlTag.key.like(TAG_PREFIX + "%"))
+                .filter(SqlRun.experiment_id.in_(ids), SqlTag.key.like(keys.PREFIX + "%"))
             )
             for rid, key, value in tags:
                 if rid in rows:

@@ -155,7 +155,7 @@ def run_markdown(
     for prefix, name in (("dice", "Dice"), ("dice_aseg", "Dice (aseg)")):
         if f"{prefix}_mean" in m:
             n = m.get(f"{prefix}_labels_n")
-            names = t.get(f"{keys.PREFIX}{prefix}.names")
+            names = t.get(keys.dice_names_tag(prefix))
             items.append(
                 f"**{name}** {m[f'{prefix}_mean']:.3f} mean"
                 + (f" over {int(n)} labels" if n else "")

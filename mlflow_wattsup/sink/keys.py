@@ -53,9 +53,22 @@ IMPORT_TOOL = "wattsup.import.tool"
 SOURCE_CARBON_INTENSITY = "wattsup.source.carbon_intensity"
 SOURCE_PUE = "wattsup.source.pue"
 MODEL_COST = "wattsup.model_cost"
+#: dataset input tag: how its digest was computed (``file-sha256`` or ``array-sha256``)
 DIGEST = "wattsup.digest"
 MODEL_URI = "wattsup.model_uri"
 T1 = "wattsup.t1"
+
+# -- the machine and its configuration (tags of the run_context_provider plugin, run/plugin.py) --
+CPU_MODEL = "wattsup.cpu_model"
+CPU_LOGICAL = "wattsup.cpu_logical"
+RAM_TOTAL_GB = "wattsup.ram_total_gb"
+GPUS = "wattsup.gpus"
+GPU_DRIVER = "wattsup.gpu_driver"
+METERS = "wattsup.meters"
+CONFIG_CARBON_INTENSITY = "wattsup.config.carbon_intensity_g_per_kwh"
+CONFIG_REGION = "wattsup.config.region"
+CONFIG_PUE = "wattsup.config.pue"
+CONFIG_ERROR = "wattsup.config.error"
 
 # -- SLURM backend and study jobs (tags) -----------------------------------------------------------
 SLURM_JOB_ID = "wattsup.slurm.job_id"
@@ -291,10 +304,15 @@ def dice_metrics(result: Any, prefix: str = "dice") -> dict[str, float]:
     return out
 
 
+def dice_names_tag(prefix: str = "dice") -> str:
+    """``wattsup.<prefix>.names``: where the label names of a Dice came from."""
+    return f"{PREFIX}{prefix}.names"
+
+
 def dice_tags(result: Any, prefix: str = "dice") -> dict[str, str]:
     tags = {f"{PREFIX}{prefix}.labels": ",".join(str(v) for v in result.labels)}
     if result.names_source:
-        tags[f"{PREFIX}{prefix}.names"] = result.names_source
+        tags[dice_names_tag(prefix)] = result.names_source
     if result.merge:
         tags[f"{PREFIX}{prefix}.merge"] = result.merge
     if result.absent:
