@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from mlflow_wattsup.cli.common import UsageError
+from mlflow_wattsup.cli.common import UsageError, write_output
 
 
 def register(sub) -> None:
@@ -62,15 +62,6 @@ def pipeline_pair(text: str) -> tuple[str, str]:
     return names[0], names[1]
 
 
-def _write(args, text: str) -> None:
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
-        print(f"wattsup: written to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-
-
 def main(args) -> int:
     if args.subject_dir is None:
         return study(args)
@@ -102,7 +93,7 @@ def main(args) -> int:
     text = "\n".join(lines) + "\n"
     if args.output:
         tables = "".join(f"# {path}\n{t}" for path, t in result.tables.items())
-        _write(args, tables)
+        write_output(args.output, tables)
     print(text, end="", file=sys.stderr if args.output else sys.stdout)
     if not args.no_log:
         from mlflow_wattsup.run.log import target_run
@@ -137,5 +128,5 @@ def study(args) -> int:
     if not table.subjects:
         why = "; ".join(notes(table)[1:]) or "no run tagged wattsup.subject and wattsup.pipeline with stats"
         raise UsageError(f"no subject has finished {a} and {b} runs with logged volumes or thickness ({why})")
-    _write(args, render(table, args.format))
+    write_output(args.output, render(table, args.format))
     return 0

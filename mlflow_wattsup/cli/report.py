@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from mlflow_wattsup.cli.common import UsageError, group_by
+from mlflow_wattsup.cli.common import UsageError, group_by, write_output
 
 
 def register(sub) -> None:
@@ -78,10 +76,5 @@ def main(args) -> int:
         text += "\n" + (
             block or f"No subject has runs of both {pair[0]} and {pair[1]} with volumes or thickness.\n"
         )
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
-        print(f"wattsup: report of {sum(table.n.values())} runs written to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    write_output(args.output, text, f"report of {sum(table.n.values())} runs written")
     return 0

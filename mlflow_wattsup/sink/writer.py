@@ -147,17 +147,17 @@ class MlflowSink:
         )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        with self._lock:
-            for k, v in params.items():
-                if v is not None:
-                    self._queue.append(("param", Param(k, str(v)[:MAX_PARAM_VAL_LENGTH])))
-        self._queued()
+        self._queue_texts("param", Param, params, MAX_PARAM_VAL_LENGTH)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._queue_texts("tag", RunTag, tags, MAX_TAG_VAL_LENGTH)
+
+    def _queue_texts(self, kind: str, entity: type, values: Mapping[str, Any], max_chars: int) -> None:
+        """Queue params or tags: each value as text cut to what the store takes; None skipped."""
         with self._lock:
-            for k, v in tags.items():
+            for k, v in values.items():
                 if v is not None:
-                    self._queue.append(("tag", RunTag(k, str(v)[:MAX_TAG_VAL_LENGTH])))
+                    self._queue.append((kind, entity(k, str(v)[:max_chars])))
         self._queued()
 
     def terminate(self, status: str, end_time_ms: int | None = None) -> None:
