@@ -15,8 +15,6 @@ run of its own). Ctrl-C (or SIGTERM) cancels the jobs, marks their runs KILLED, 
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 import tempfile
 import time
@@ -375,16 +373,13 @@ class Study:
     def _artifacts(self, parent: str, latest: dict) -> None:
         """children.csv (every planned child), the comparison table (markdown, CSV) and plots."""
         from mlflow_wattsup.report import build, fetch_runs, plots, to_csv, to_markdown
+        from mlflow_wattsup.report.table import csv_text
 
         out = self.workdir / "report"
         out.mkdir(parents=True, exist_ok=True)
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["subject", "pipeline", "device", "params_hash", "run_id", "status"])
-        for c in self.children:
-            run_id, st = latest.get(c.key, ("", KILLED))
-            w.writerow([*c.key, run_id, st])
-        (out / "children.csv").write_text(buf.getvalue(), encoding="utf-8")
+        head = ["subject", "pipeline", "device", "params_hash", "run_id", "status"]
+        rows = [[*c.key, *latest.get(c.key, ("", KILLED))] for c in self.children]
+        (out / "children.csv").write_text(csv_text(head, rows, newline="\n"), encoding="utf-8")
         finished = {run_id for run_id, st in latest.values() if st == FINISHED}
         rows = [
             r
