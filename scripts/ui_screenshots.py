@@ -128,7 +128,7 @@ def demo_runs(store: str, experiment: str):
     """(experiment id, parent run, child runs oldest first) of the latest demo in ``experiment``."""
     from mlflow.tracking import MlflowClient
 
-    from mlflow_wattsup.report.description import children
+    from mlflow_wattsup.report.parent_note import children
 
     client = MlflowClient(store)
     exp = client.get_experiment_by_name(experiment)

@@ -18,16 +18,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
-from mlflow_wattsup.sink import keys
-
 FINISHED, FAILED, KILLED, RUNNING, SCHEDULED = "FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED"
 TERMINAL = (FINISHED, FAILED, KILLED)
-
-TAG_EXIT_CODE = keys.EXIT_CODE
-TAG_JOB_ID = keys.SLURM_JOB_ID
-TAG_JOB_STATE = keys.SLURM_STATE
-TAG_NODE = keys.SLURM_NODE
-TAG_LOG = keys.JOB_LOG
 
 
 @dataclass

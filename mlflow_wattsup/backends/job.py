@@ -20,13 +20,11 @@ import time
 from mlflow_wattsup.backends.common import (
     KILLED,
     RUNNING,
-    TAG_EXIT_CODE,
-    TAG_JOB_ID,
-    TAG_NODE,
     Task,
     mark_run,
     status_from_exit,
 )
+from mlflow_wattsup.sink import keys
 
 
 def read_task(manifest: str, index: int) -> Task:
@@ -59,7 +57,10 @@ def run_task(task: Task) -> int:
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, forward)
     ok = mark_run(
-        task.tracking_uri, task.run_id, RUNNING, {TAG_JOB_ID: job_id(), TAG_NODE: socket.gethostname()}
+        task.tracking_uri,
+        task.run_id,
+        RUNNING,
+        {keys.SLURM_JOB_ID: job_id(), keys.SLURM_NODE: socket.gethostname()},
     )
     _say(f"run {task.run_id} {'RUNNING' if ok else 'could not be set RUNNING'} (job {job_id()})")
     code = 0
@@ -80,7 +81,7 @@ def run_task(task: Task) -> int:
         code = 128 + cancelled[0]
     if cancelled:
         _say(f"signal {cancelled[0]}: entry point stopped")
-    ok = mark_run(task.tracking_uri, task.run_id, status, {TAG_EXIT_CODE: str(code)})
+    ok = mark_run(task.tracking_uri, task.run_id, status, {keys.EXIT_CODE: str(code)})
     _say(f"run {task.run_id} {status if ok else 'NOT set ' + status} (exit code {code})")
     return code
 

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from mlflow_wattsup.backends.common import (
     KILLED,
     RUNNING,
-    TAG_EXIT_CODE,
-    TAG_LOG,
     Task,
     status_from_exit,
 )
+from mlflow_wattsup.sink import keys
 
 
 def usable_cpus() -> int:
@@ -163,9 +162,9 @@ def mark_start(client, task: Task) -> None:
 def mark_end(client, task: Task, status: str, exit_code: int) -> None:
     from mlflow.entities import RunTag
 
-    tags = [RunTag(TAG_LOG, task.log)] if task.log else []
+    tags = [RunTag(keys.JOB_LOG, task.log)] if task.log else []
     if exit_code >= 0:
-        tags.append(RunTag(TAG_EXIT_CODE, str(exit_code)))
+        tags.append(RunTag(keys.EXIT_CODE, str(exit_code)))
     if tags:
         client.log_batch(task.run_id, tags=tags)
     client.set_terminated(task.run_id, status)

@@ -39,14 +39,11 @@ from mlflow_wattsup.backends.common import (
     KILLED,
     RUNNING,
     SCHEDULED,
-    TAG_EXIT_CODE,
-    TAG_JOB_ID,
-    TAG_JOB_STATE,
-    TAG_LOG,
     TERMINAL,
     Task,
     check_cluster_store,
 )
+from mlflow_wattsup.sink import keys
 
 _log = logging.getLogger(__name__)
 
@@ -327,13 +324,13 @@ def settle(client, job: SlurmJob, new: dict[int, tuple[str, int, str]]) -> dict[
             if time.monotonic() - first < CANCEL_GRACE_S:
                 del job.ended[i]  # the next poll reports it again
                 continue
-        tags = [RunTag(TAG_LOG, task.log)] if task.log else []
+        tags = [RunTag(keys.JOB_LOG, task.log)] if task.log else []
         if run.info.status in TERMINAL:
             final[task.run_id] = run.info.status
         else:
-            tags += [RunTag(TAG_JOB_ID, job.task_job_id(i)), RunTag(TAG_JOB_STATE, state)]
+            tags += [RunTag(keys.SLURM_JOB_ID, job.task_job_id(i)), RunTag(keys.SLURM_STATE, state)]
             if code >= 0:
-                tags.append(RunTag(TAG_EXIT_CODE, str(code)))
+                tags.append(RunTag(keys.EXIT_CODE, str(code)))
             final[task.run_id] = status
         client.log_batch(task.run_id, tags=tags)
         if run.info.status not in TERMINAL:
@@ -354,115 +351,112 @@ def project_task(project_uri, entry_point, params, version, storage_dir, run_id,
     return Task(run_id, command, str(Path(work_dir).absolute()), tracking_uri, str(experiment_id))
 
 
-def _backend_class():
-    from mlflow.projects.backend.abstract_backend import AbstractBackend
-    from mlflow.projects.submitted_run import SubmittedRun
+class SlurmSubmittedRun:
+    """One run's job as MLflow's project runner sees it (the interface of MLflow's
+    ``SubmittedRun``: ``run_id``, ``wait()``, ``get_status()``, ``cancel()``): ``wait()`` follows
+    the job to its end, ``cancel()`` runs scancel and waits.
 
-    class SlurmSubmittedRun(SubmittedRun):
-        """One run's job: ``wait()`` follows it to its end, ``cancel()`` runs scancel and waits."""
+    Neither this class nor :class:`SlurmBackend` derives from MLflow's base classes: those would
+    import MLflow with this module (seconds), and the project runner only calls these methods.
+    MLflow is imported when a method needs it."""
 
-        def __init__(self, job: SlurmJob, tracking_uri: str):
-            self.job = job
-            self.tracking_uri = tracking_uri
+    def __init__(self, job: SlurmJob, tracking_uri: str):
+        self.job = job
+        self.tracking_uri = tracking_uri
 
-        @property
-        def run_id(self) -> str:
-            return self.job.tasks[0].run_id
+    @property
+    def run_id(self) -> str:
+        return self.job.tasks[0].run_id
 
-        def _status(self) -> str:
-            from mlflow.tracking import MlflowClient
+    def _status(self) -> str:
+        from mlflow.tracking import MlflowClient
 
-            return MlflowClient(self.tracking_uri).get_run(self.run_id).info.status
+        return MlflowClient(self.tracking_uri).get_run(self.run_id).info.status
 
-        def wait(self) -> bool:
-            from mlflow.tracking import MlflowClient
+    def wait(self) -> bool:
+        from mlflow.tracking import MlflowClient
 
-            while True:
-                new = self.job.poll()
-                if new:
-                    settle(MlflowClient(self.tracking_uri), self.job, new)
-                if self.job.done:
-                    break
-                time.sleep(self.job.poll_s)
-            return self._status() == FINISHED
+        while True:
+            new = self.job.poll()
+            if new:
+                settle(MlflowClient(self.tracking_uri), self.job, new)
+            if self.job.done:
+                break
+            time.sleep(self.job.poll_s)
+        return self._status() == FINISHED
 
-        def get_status(self):
-            from mlflow.entities import RunStatus
+    def get_status(self):
+        from mlflow.entities import RunStatus
 
-            return RunStatus.from_string(self._status())
+        return RunStatus.from_string(self._status())
 
-        def cancel(self) -> None:
-            self.job.cancel()
-            self.wait()
+    def cancel(self) -> None:
+        self.job.cancel()
+        self.wait()
 
-    class SlurmBackend(AbstractBackend):
-        def run(self, project_uri, entry_point, params, version, backend_config, tracking_uri, experiment_id):
-            from mlflow.exceptions import ExecutionException
-            from mlflow.projects.utils import fetch_and_validate_project, get_or_create_run
-            from mlflow.tracking import MlflowClient
 
-            try:  # the MLflow CLI prints an ExecutionException as one line
-                cfg = SlurmConfig.from_dict(backend_config)
-                env_manager = (backend_config or {}).get("ENV_MANAGER")
-                if env_manager not in (None, "local"):
-                    raise ValueError(
-                        "the slurm backend runs entry points in the job's own environment: use --env-manager "
-                        f"local (got {env_manager}) and put environment setup in the backend config's 'setup' lines"
-                    )
-                check_cluster_store(tracking_uri)
-            except ValueError as exc:
-                raise ExecutionException(str(exc)) from None
-            work_dir = fetch_and_validate_project(project_uri, version, entry_point, params)
-            active = get_or_create_run(
-                None, project_uri, experiment_id, work_dir, version, entry_point, params
-            )
-            run_id = active.info.run_id
-            client = MlflowClient(tracking_uri)
-            try:
-                task = project_task(
-                    project_uri,
-                    entry_point,
-                    params,
-                    version,
-                    (backend_config or {}).get("STORAGE_DIR"),
-                    run_id,
-                    tracking_uri,
-                    experiment_id,
+class SlurmBackend:
+    """The MLflow Project backend ``slurm`` (the interface of MLflow's ``AbstractBackend``:
+    ``run()``, which submits the entry point as a SLURM job and returns its
+    :class:`SlurmSubmittedRun` at once)."""
+
+    def run(self, project_uri, entry_point, params, version, backend_config, tracking_uri, experiment_id):
+        from mlflow.exceptions import ExecutionException
+        from mlflow.projects.utils import fetch_and_validate_project, get_or_create_run
+        from mlflow.tracking import MlflowClient
+
+        try:  # the MLflow CLI prints an ExecutionException as one line
+            cfg = SlurmConfig.from_dict(backend_config)
+            env_manager = (backend_config or {}).get("ENV_MANAGER")
+            if env_manager not in (None, "local"):
+                raise ValueError(
+                    "the slurm backend runs entry points in the job's own environment: use --env-manager "
+                    f"local (got {env_manager}) and put environment setup in the backend config's 'setup' lines"
                 )
-                client.update_run(run_id, status=SCHEDULED)
-                job = submit([task], cfg, gpu=_wants_gpu(params))
-            except BaseException as exc:
-                client.set_terminated(run_id, FAILED)  # never left RUNNING when submission fails
-                if isinstance(exc, SlurmError):
-                    raise ExecutionException(str(exc)) from None
-                raise
-            client.set_tag(run_id, TAG_JOB_ID, job.job_id)
-            client.set_tag(run_id, TAG_LOG, task.log)
-            msg = (
-                f"wattsup slurm: submitted job {job.job_id} for run {run_id} (log {task.log}); `mlflow run` "
-                "does not wait for plugin backends: the run is SCHEDULED until the job starts, then the job "
-                "sets RUNNING and FINISHED/FAILED/KILLED itself (`scontrol show job "
-                f"{job.job_id}` follows it)"
+            check_cluster_store(tracking_uri)
+        except ValueError as exc:
+            raise ExecutionException(str(exc)) from None
+        work_dir = fetch_and_validate_project(project_uri, version, entry_point, params)
+        active = get_or_create_run(None, project_uri, experiment_id, work_dir, version, entry_point, params)
+        run_id = active.info.run_id
+        client = MlflowClient(tracking_uri)
+        try:
+            task = project_task(
+                project_uri,
+                entry_point,
+                params,
+                version,
+                (backend_config or {}).get("STORAGE_DIR"),
+                run_id,
+                tracking_uri,
+                experiment_id,
             )
-            print(msg, file=sys.stderr)
-            return SlurmSubmittedRun(job, tracking_uri)
-
-    return SlurmBackend, SlurmSubmittedRun
+            client.update_run(run_id, status=SCHEDULED)
+            job = submit([task], cfg, gpu=_wants_gpu(params))
+        except BaseException as exc:
+            client.set_terminated(run_id, FAILED)  # never left RUNNING when submission fails
+            if isinstance(exc, SlurmError):
+                raise ExecutionException(str(exc)) from None
+            raise
+        client.set_tag(run_id, keys.SLURM_JOB_ID, job.job_id)
+        client.set_tag(run_id, keys.JOB_LOG, task.log)
+        msg = (
+            f"wattsup slurm: submitted job {job.job_id} for run {run_id} (log {task.log}); `mlflow run` "
+            "does not wait for plugin backends: the run is SCHEDULED until the job starts, then the job "
+            "sets RUNNING and FINISHED/FAILED/KILLED itself (`scontrol show job "
+            f"{job.job_id}` follows it)"
+        )
+        print(msg, file=sys.stderr)
+        return SlurmSubmittedRun(job, tracking_uri)
 
 
 def _wants_gpu(params: dict | None) -> bool:
     return str((params or {}).get("device", "")).lower() in ("gpu", "cuda")
 
 
-def slurm_backend():
+def slurm_backend() -> SlurmBackend:
     """Entry point target (``mlflow.project_backend``: ``slurm``)."""
-    backend, _ = _backend_class()
-    return backend()
-
-
-def submitted_run(job: SlurmJob, tracking_uri: str):
-    _, cls = _backend_class()
-    return cls(job, tracking_uri)
+    return SlurmBackend()
 
 
 __all__ = [
@@ -473,5 +467,7 @@ __all__ = [
     "job_states",
     "settle",
     "slurm_backend",
+    "SlurmBackend",
+    "SlurmSubmittedRun",
     "RUNNING",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from mlflow_wattsup.cli.common import UsageError
+from mlflow_wattsup.cli.common import UsageError, write_output
 
 
 def register(sub) -> None:
@@ -62,20 +62,12 @@ def pipeline_pair(text: str) -> tuple[str, str]:
     return names[0], names[1]
 
 
-def _write(args, text: str) -> None:
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
-        print(f"wattsup: written to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-
-
 def main(args) -> int:
     if args.subject_dir is None:
         return study(args)
     from mlflow_wattsup.analysis.fsstats import StatsFormatError
-    from mlflow_wattsup.run.agreement import STATS_TAG, agreement, log_result
+    from mlflow_wattsup.run.subject_stats import agreement, log_result
+    from mlflow_wattsup.sink import keys
 
     try:
         result = agreement(args.subject_dir, args.reference_dir, not args.no_dice)
@@ -83,8 +75,8 @@ def main(args) -> int:
         raise UsageError(str(exc)) from None
     if not result.metrics:
         raise UsageError(
-            f"{args.subject_dir}: no stats to log ({result.tags[STATS_TAG.format(measure='volume')]}; "
-            f"{result.tags[STATS_TAG.format(measure='thickness')]})"
+            f"{args.subject_dir}: no stats to log ({result.tags[keys.stats_tag('volume')]}; "
+            f"{result.tags[keys.stats_tag('thickness')]})"
         )
     lines = [f"{k}: {v}" for k, v in sorted(result.tags.items())]
     for measure, c in result.comparisons.items():
@@ -101,7 +93,7 @@ def main(args) -> int:
     text = "\n".join(lines) + "\n"
     if args.output:
         tables = "".join(f"# {path}\n{t}" for path, t in result.tables.items())
-        _write(args, tables)
+        write_output(args.output, tables)
     print(text, end="", file=sys.stderr if args.output else sys.stdout)
     if not args.no_log:
         from mlflow_wattsup.run.log import target_run
@@ -116,7 +108,7 @@ def main(args) -> int:
 
 
 def study(args) -> int:
-    from mlflow_wattsup.run.agreement import study_agreement
+    from mlflow_wattsup.report.agreement_table import notes, render, study_agreement
 
     if args.reference_dir or args.run_id or args.no_log:
         raise UsageError("REFERENCE_DIR, --run-id and --no-log need SUBJECT_DIR")
@@ -125,16 +117,16 @@ def study(args) -> int:
     a, b = pipeline_pair(args.pipelines)
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(args.tracking_uri)
-    ids = []
-    for name in args.experiment:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise UsageError(f"no experiment named {name!r} at {client.tracking_uri}")
-        ids.append(exp.experiment_id)
-    table = study_agreement(ids, (a, b), client, args.filter)
+    from mlflow_wattsup.sink.transport import Store
+
+    store = Store(MlflowClient(args.tracking_uri))
+    try:
+        ids = store.experiment_ids(args.experiment)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    table = study_agreement(ids, (a, b), store, args.filter)
     if not table.subjects:
-        why = "; ".join(table.notes()[1:]) or "no run tagged wattsup.subject and wattsup.pipeline with stats"
+        why = "; ".join(notes(table)[1:]) or "no run tagged wattsup.subject and wattsup.pipeline with stats"
         raise UsageError(f"no subject has finished {a} and {b} runs with logged volumes or thickness ({why})")
-    _write(args, table.render(args.format))
+    write_output(args.output, render(table, args.format))
     return 0

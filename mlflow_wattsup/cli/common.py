@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 EXIT_USAGE = 2
 
@@ -23,6 +24,17 @@ def one_line(text: str) -> str:
 
 class UsageError(Exception):
     """A problem with the user's input: printed as one line, exit code 2."""
+
+
+def write_output(path: str | None, text: str, written: str = "written") -> None:
+    """``text`` to the file ``--output`` names (``wattsup: <written> to <path>`` on stderr), else
+    to stdout."""
+    if path:
+        with open(path, "w") as f:
+            f.write(text)
+        print(f"wattsup: {written} to {path}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
 
 
 class Parser(argparse.ArgumentParser):

@@ -41,7 +41,6 @@ def main(args) -> int:
     from mlflow_wattsup.analysis.carbon import parse_number
     from mlflow_wattsup.analysis.importers.codecarbon import CodeCarbonError, read_csv
     from mlflow_wattsup.analysis.importers.eit import EIT_DEFAULT_PUE, EitError, read_folder
-    from mlflow_wattsup.report.description import describe_or_warn
     from mlflow_wattsup.report.links import ensure_runs_view, open_lines
     from mlflow_wattsup.run.importing import write
     from mlflow_wattsup.run.lifecycle import ensure_experiment
@@ -55,12 +54,10 @@ def main(args) -> int:
             raise UsageError(str(exc)) from None
     elif args.tool == "eit":
         pue = EIT_DEFAULT_PUE
-    client = MlflowClient(args.tracking_uri)
+    store = Store(MlflowClient(args.tracking_uri))
     from_env = os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
     # --experiment, else MLflow's convention (the environment), as `wattsup run` and `mlflow run`
-    exp_id = ensure_experiment(
-        Store(client), args.experiment or (None if from_env else f"{args.tool}-import")
-    )
+    exp_id = ensure_experiment(store, args.experiment or (None if from_env else f"{args.tool}-import"))
     failed = 0
     for path in args.paths:
         try:
@@ -75,10 +72,9 @@ def main(args) -> int:
         for note in notes:
             print(f"wattsup import: {note}", file=sys.stderr)
         for run in runs:
-            run_id, created = write(run, client, exp_id, pue, args.pipeline, args.device)
+            run_id, created = write(run, store, exp_id, pue, args.pipeline, args.device)
             kwh = (run.cpu_j + run.gpu_j + run.ram_j) / 3.6e6
-            if created:
-                describe_or_warn(client, run_id, "wattsup import")
+            if created:  # described as every run we end is
                 print(
                     f"imported {run.name} -> run {run_id}: {run.duration_s / 3600:.3f} h, {kwh * 1000:.4g} "
                     "Wh, "
@@ -89,7 +85,7 @@ def main(args) -> int:
             for note in run.notes:
                 print(f"  note: {note}")
     if len(args.paths) > failed:
-        ensure_runs_view(client, exp_id)
-        for line in open_lines(client.tracking_uri, exp_id, view=True):
+        ensure_runs_view(store.client, exp_id)
+        for line in open_lines(store.uri, exp_id, view=True):
             print(line)
     return 2 if failed else 0

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from mlflow_wattsup.cli.common import UsageError, group_by
+from mlflow_wattsup.cli.common import UsageError, group_by, write_output
 
 
 def register(sub) -> None:
@@ -71,17 +69,12 @@ def main(args) -> int:
     text = render(table, args.format, args.layout)
     if args.agreement and args.format != "csv":
         from mlflow_wattsup.cli.agree import pipeline_pair
-        from mlflow_wattsup.run.agreement import agreement_block
+        from mlflow_wattsup.report.agreement_table import agreement_block
 
         pair = pipeline_pair(args.agreement)
         block = agreement_block(args.experiments, pair, args.format, args.filter, args.tracking_uri)
         text += "\n" + (
             block or f"No subject has runs of both {pair[0]} and {pair[1]} with volumes or thickness.\n"
         )
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
-        print(f"wattsup: report of {sum(table.n.values())} runs written to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    write_output(args.output, text, f"report of {sum(table.n.values())} runs written")
     return 0

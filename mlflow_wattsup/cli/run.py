@@ -63,10 +63,10 @@ class _Status:
     def __call__(self, s) -> None:
         if self.quiet:
             return
-        from mlflow_wattsup.run.recording import fmt_duration
+        from mlflow_wattsup.report.numbers import clock
 
         text = (
-            f"[wattsup] {fmt_duration(s.elapsed_s)}  {s.power_w:6.1f} W  {s.energy.total_j / 3600:8.3f} Wh  "
+            f"[wattsup] {clock(s.elapsed_s)}  {s.power_w:6.1f} W  {s.energy.total_j / 3600:8.3f} Wh  "
             f"{self.carbon.carbon_g(s.energy.total_j):8.3f} g CO2eq{self.label}"
         )
         if self.tty:
@@ -146,7 +146,7 @@ def main(args) -> int:
         # A new run: create it first, so the command's own MLflow logging can join it (and
         # epochs need the run from their first line on).
         setup.run_now()
-        env["MLFLOW_TRACKING_URI"] = setup.run.uri
+        env["MLFLOW_TRACKING_URI"] = setup.run.store.uri
         if setup.run.run_id:  # unknown yet if the store is down
             env.update({"MLFLOW_RUN_ID": setup.run.run_id, RUN_ENV: setup.run.run_id})
     on_line = None

@@ -147,9 +147,10 @@ def main(args) -> int:
 
     from mlflow_wattsup.backends.slurm import SlurmConfig
     from mlflow_wattsup.sink import keys
+    from mlflow_wattsup.sink.transport import Store
     from mlflow_wattsup.study import plan as planning
     from mlflow_wattsup.study import subjects as subj
-    from mlflow_wattsup.study.agreement import parse_pairs
+    from mlflow_wattsup.study.pairing import parse_pairs
     from mlflow_wattsup.study.runner import Study, default_max_jobs
 
     if args.retries < 0:
@@ -185,8 +186,7 @@ def main(args) -> int:
         return 0
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(args.experiment)
-    experiment_id = exp.experiment_id if exp else client.create_experiment(args.experiment)
+    experiment_id = Store(client).experiment_id(args.experiment)
     gpu_ids = _gpu_ids(args.gpus) if args.backend == "local" else []
     if args.backend == "local" and "gpu" in devices and len(gpu_ids) < args.gpus_per_job:
         raise UsageError(

@@ -42,7 +42,7 @@ class CommandPipeline:
         from mlflow_wattsup.tracking.tracker import make_tracker
 
         self.run = TrackedRun(experiment=experiment, run_name=name)
-        self.client = self.run.client
+        self.client = self.run.store.client
         self.sink = self.run.sink
         self.carbon = carbon
         self.tags = dict(tags)
@@ -77,8 +77,8 @@ class CommandPipeline:
     def compare(self, subject_dir: Path, reference_dir: Path | None, dice: bool) -> None:
         """The subject's FreeSurfer-format stats (volumes, thickness) and, with ``reference_dir``
         (the other pipeline's subject directory), their differences: see
-        :func:`~mlflow_wattsup.run.agreement.log_agreement` (never raises)."""
-        from mlflow_wattsup.run.agreement import log_agreement
+        :func:`~mlflow_wattsup.run.subject_stats.log_agreement` (never raises)."""
+        from mlflow_wattsup.run.subject_stats import log_agreement
 
         log_agreement(self.sink, subject_dir, reference_dir, dice=dice)
 

@@ -70,8 +70,8 @@ def parent_run(client, launcher: str | None, title: str, params: dict[str, str])
 
     client.log_batch(parent, params=[Param(k, v) for k, v in params.items()])
     if launcher:
-        from mlflow_wattsup.report.description import write_note
         from mlflow_wattsup.report.links import experiment_fragment, run_fragment
+        from mlflow_wattsup.report.notes import write_note
 
         client.update_run(launcher, name=f"demo launcher (runs in {EXPERIMENT})")
         write_note(
@@ -108,8 +108,11 @@ def main(argv=None) -> int:
     from mlflow.tracking import MlflowClient
 
     from mlflow_wattsup.report import build, to_markdown
-    from mlflow_wattsup.report.description import children, describe_or_warn, log_report, rows_of
+    from mlflow_wattsup.report.artifacts import log_report
+    from mlflow_wattsup.report.fetch import run_row
     from mlflow_wattsup.report.links import compare_url, ensure_runs_view, experiment_url, open_lines
+    from mlflow_wattsup.report.notes import describe_or_warn
+    from mlflow_wattsup.report.parent_note import children, describe_parent
 
     if os.environ.get("MLFLOW_RUN_ID"):
         # `mlflow run` started us in the project folder; an experiment we create keeps its
@@ -173,10 +176,10 @@ def main(argv=None) -> int:
         if ours:
             client.set_terminated(parent, status)
     kids = children(client, parent, exp_id)
-    table = build([r for r in rows_of(kids) if "energy_kwh" in r.metrics], runtime_unit="s")
+    table = build([r for r in map(run_row, kids) if "energy_kwh" in r.metrics], runtime_unit="s")
     print("\n" + to_markdown(table))
     log_report(client, parent, table, title)
-    describe_or_warn(client, parent, "demo", parent=True, title=title)
+    describe_or_warn(describe_parent, client, parent, title, prog="demo")
     uri = mlflow.get_tracking_uri()
     lines = open_lines(uri, exp_id, parent)
     print(lines[0].replace("view:", "the demo:"))

@@ -20,8 +20,6 @@ with ``LC_ALL=C`` so its ``date`` stamps are the same under any locale.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import shutil
 import sys
@@ -36,6 +34,7 @@ from mlflow_wattsup.projects.params import (
     name_param,
     path_param,
 )
+from mlflow_wattsup.report.table import csv_text
 from mlflow_wattsup.sink import keys
 
 DOWNLOAD = "https://surfer.nmr.mgh.harvard.edu/fswiki/DownloadAndInstall"
@@ -155,36 +154,33 @@ class StageWatcher:
         return out
 
     def table(self) -> str:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(
+        """The recon-all stages' resource use (one row per ``#@#%#`` timing line) as CSV."""
+        head = [
+            "stage",
+            "command",
+            "started",
+            "wall_s",
+            "user_s",
+            "sys_s",
+            "cpu_percent",
+            "max_rss_kb",
+            "nested",
+        ]
+        rows = [
             [
-                "stage",
-                "command",
-                "started",
-                "wall_s",
-                "user_s",
-                "sys_s",
-                "cpu_percent",
-                "max_rss_kb",
-                "nested",
+                stage,
+                t.command,
+                t.when.isoformat(),
+                t.wall_s,
+                t.user_s,
+                t.sys_s,
+                t.cpu_percent,
+                t.max_rss_kb,
+                int(inner),
             ]
-        )
-        for (stage, t), inner in zip(self.fstime, self.nested(), strict=True):
-            w.writerow(
-                [
-                    stage,
-                    t.command,
-                    t.when.isoformat(),
-                    t.wall_s,
-                    t.user_s,
-                    t.sys_s,
-                    t.cpu_percent,
-                    t.max_rss_kb,
-                    int(inner),
-                ]
-            )
-        return buf.getvalue()
+            for (stage, t), inner in zip(self.fstime, self.nested(), strict=True)
+        ]
+        return csv_text(head, rows)
 
 
 def log_dice(sink, seg: Path, reference: Path) -> None:

@@ -25,6 +25,7 @@ Every entry tags ``wattsup.pipeline`` and ``wattsup.device`` (the report groups 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -74,6 +75,18 @@ def _track(args, name: str, pipeline: str, device: str, **extra_tags):
         pue=None if is_none(args.pue) else args.pue,
         tags=tags,
     )
+
+
+@contextlib.contextmanager
+def _tissue_run(args, name: str, pipeline: str, device: str, res: int, training: bool = False, **extra_tags):
+    """A tracked run over the MNI152 2009 tissue data at ``res`` mm: yields (the track, the data),
+    the data loaded inside the measurement and logged as the run's inputs."""
+    from mlflow_wattsup.analysis.pipelines.tissue import load_tissue
+
+    with _track(args, name, pipeline, device, **{keys.DATASET: f"mni152-2009-{res}mm"}, **extra_tags) as t:
+        data = load_tissue(res)
+        _log_inputs(t, _tissue_inputs(data, training))
+        yield t, data
 
 
 def _log_inputs(t, images) -> None:
@@ -166,76 +179,71 @@ def train(argv) -> int:
 
     torch.manual_seed(seed)
     dev = torch.device("cuda" if device == "gpu" else "cpu")
-    tracked = _track(args, "train", "fastsurfercnn-train", device, **{keys.DATASET: f"mni152-2009-{res}mm"})
-    run_id = _train(tracked, epochs, res, batch, lr, filters, context, dev)
-    print(f"model: runs:/{run_id}/model")
+    with _tissue_run(args, "train", "fastsurfercnn-train", device, res, training=True) as (t, data):
+        _train(t, data, epochs, res, batch, lr, filters, context, dev)
+    print(f"model: runs:/{t.run_id}/model")
     return 0
 
 
-def _train(tracked, epochs, res, batch, lr, filters, context, dev) -> str:
+def _train(t, data, epochs, res, batch, lr, filters, context, dev) -> None:
     import mlflow
     import mlflow.pytorch
     import torch
 
     from mlflow_wattsup.analysis.models.fastsurfer_cnn import FastSurferCNN
-    from mlflow_wattsup.analysis.pipelines.tissue import load_tissue, padded_labels, slabs
+    from mlflow_wattsup.analysis.pipelines.tissue import padded_labels, slabs
 
-    with tracked as t:
-        data = load_tissue(res)
-        _log_inputs(t, _tissue_inputs(data, training=True))
-        x = torch.from_numpy(slabs(data.t1, data.left, context, 8))
-        y = torch.from_numpy(padded_labels(data.labels, data.left, 8))
-        model = FastSurferCNN(
-            in_channels=2 * context + 1, num_classes=4, filters=filters, kernel=5, levels=3
-        ).to(dev)
-        mlflow.log_params(
-            {
-                "epochs": epochs,
-                "resolution_mm": res,
-                "batch_size": batch,
-                "lr": lr,
-                "filters": filters,
-                "input_slices": 2 * context + 1,
-                "train_slices": len(data.left),
-                "val_slices": len(data.right),
-                "holdout": "train left hemisphere, validate right",
-            }
-        )
-        t.log_model_cost(
-            model, (1, 2 * context + 1, x.shape[2], x.shape[3]), samples_seen=epochs * len(data.left)
-        )
-        opt = torch.optim.Adam(model.parameters(), lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-        ep = t.epochs(planned=epochs)
-        for epoch in range(epochs):
-            with ep.epoch(epoch):
-                model.train()
-                perm = torch.randperm(len(x))
-                total = 0.0
-                for b in range(0, len(x), batch):
-                    i = perm[b : b + batch]
-                    opt.zero_grad()
-                    loss = torch.nn.functional.cross_entropy(model(x[i].to(dev)), y[i].to(dev))
-                    loss.backward()
-                    opt.step()
-                    total += loss.item() * len(i)
-                sched.step()
-            pred, _ = _predict(model, data, context, dev)
-            val = _tissue_dice(pred, data)
-            mlflow.log_metrics({"loss": total / len(x), "val_dice_mean": val.mean}, step=epoch)
-            print(f"epoch {epoch + 1}/{epochs} loss {total / len(x):.4f} val Dice {val.mean:.4f}", flush=True)
-        t.log_dice(val)
-        # pt2 (torch.export) rather than pickle: loading it runs no pickled code. A batch of two as
-        # the example keeps the batch dimension dynamic.
-        model.cpu().eval()
-        mlflow.pytorch.log_model(
-            model,
-            name="model",
-            input_example=x[:2].numpy(),
-            serialization_format="pt2",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "mlflow-wattsup"],
-        )
-    return tracked.run_id
+    x = torch.from_numpy(slabs(data.t1, data.left, context, 8))
+    y = torch.from_numpy(padded_labels(data.labels, data.left, 8))
+    net = FastSurferCNN(in_channels=2 * context + 1, num_classes=4, filters=filters, kernel=5, levels=3)
+    model = net.to(dev)
+    mlflow.log_params(
+        {
+            "epochs": epochs,
+            "resolution_mm": res,
+            "batch_size": batch,
+            "lr": lr,
+            "filters": filters,
+            "input_slices": 2 * context + 1,
+            "train_slices": len(data.left),
+            "val_slices": len(data.right),
+            "holdout": "train left hemisphere, validate right",
+        }
+    )
+    t.log_model_cost(
+        model, (1, 2 * context + 1, x.shape[2], x.shape[3]), samples_seen=epochs * len(data.left)
+    )
+    opt = torch.optim.Adam(model.parameters(), lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    ep = t.epochs(planned=epochs)
+    for epoch in range(epochs):
+        with ep.epoch(epoch):
+            model.train()
+            perm = torch.randperm(len(x))
+            total = 0.0
+            for b in range(0, len(x), batch):
+                i = perm[b : b + batch]
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(x[i].to(dev)), y[i].to(dev))
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(i)
+            sched.step()
+        pred, _ = _predict(model, data, context, dev)
+        val = _tissue_dice(pred, data)
+        mlflow.log_metrics({"loss": total / len(x), "val_dice_mean": val.mean}, step=epoch)
+        print(f"epoch {epoch + 1}/{epochs} loss {total / len(x):.4f} val Dice {val.mean:.4f}", flush=True)
+    t.log_dice(val)
+    # pt2 (torch.export) rather than pickle: loading it runs no pickled code. A batch of two as
+    # the example keeps the batch dimension dynamic.
+    model.cpu().eval()
+    mlflow.pytorch.log_model(
+        model,
+        name="model",
+        input_example=x[:2].numpy(),
+        serialization_format="pt2",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "mlflow-wattsup"],
+    )
 
 
 # -- infer --------------------------------------------------------------------------------------
@@ -259,8 +267,6 @@ def infer(argv) -> int:
     import mlflow.pytorch
     import torch
 
-    from mlflow_wattsup.analysis.pipelines.tissue import load_tissue
-
     dev = torch.device("cuda" if device == "gpu" else "cpu")
     try:
         model = mlflow.pytorch.load_model(args.model_uri, map_location=dev)
@@ -269,16 +275,8 @@ def infer(argv) -> int:
             f"model_uri={args.model_uri}: cannot load an MLflow PyTorch model ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''})"
         ) from None
-    tracked = _track(
-        args,
-        "infer",
-        "fastsurfercnn-infer",
-        device,
-        **{keys.DATASET: f"mni152-2009-{res}mm", keys.MODEL_URI: args.model_uri},
-    )
-    with tracked as t:
-        data = load_tissue(res)
-        _log_inputs(t, _tissue_inputs(data))
+    tags = {keys.MODEL_URI: args.model_uri}
+    with _tissue_run(args, "infer", "fastsurfercnn-infer", device, res, **tags) as (t, data):
         start = time.perf_counter()
         with t.stage("inference"):
             pred, shape = _predict(model, data, context, dev)
@@ -300,18 +298,10 @@ def classical(argv) -> int:
     res = int_param("resolution", args.resolution, 1, 2)
     seed = int_param("seed", args.seed, 0)
 
-    from mlflow_wattsup.analysis.pipelines.tissue import gmm_segment, load_tissue
+    from mlflow_wattsup.analysis.pipelines.tissue import gmm_segment
 
-    tracked = _track(
-        args,
-        "classical",
-        "gmm-classical",
-        "cpu",
-        **{keys.DATASET: f"mni152-2009-{res}mm", keys.MODEL_COST: "n/a: no neural network"},
-    )
-    with tracked as t:
-        data = load_tissue(res)
-        _log_inputs(t, _tissue_inputs(data))
+    tags = {keys.MODEL_COST: "n/a: no neural network"}
+    with _tissue_run(args, "classical", "gmm-classical", "cpu", res, **tags) as (t, data):
         with t.stage("segmentation"):
             pred = gmm_segment(data, seed)
         t.log_dice(_tissue_dice(pred, data))

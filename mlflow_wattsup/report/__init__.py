@@ -21,14 +21,13 @@ from mlflow_wattsup.report.aggregate import NEEDED_METRICS, RUNTIME_UNITS, build
 from mlflow_wattsup.report.fetch import NEEDED_PARAMS, fetch_runs, rows_from_dataframe
 from mlflow_wattsup.report.model import (
     DEFAULT_GROUP_BY,
-    TAG_PREFIX,
     Cell,
     Column,
     Report,
     RunRow,
     energy_basis,
 )
-from mlflow_wattsup.report.render import ESTIMATE_MARK, fmt, render, to_csv, to_html, to_markdown
+from mlflow_wattsup.report.render import ESTIMATE_MARK, render, to_csv, to_html, to_markdown
 from mlflow_wattsup.report.whatif import WhatIf, what_if
 
 __all__ = [
@@ -37,7 +36,6 @@ __all__ = [
     "NEEDED_METRICS",
     "NEEDED_PARAMS",
     "RUNTIME_UNITS",
-    "TAG_PREFIX",
     "Cell",
     "Column",
     "Report",
@@ -47,7 +45,6 @@ __all__ = [
     "columns",
     "energy_basis",
     "fetch_runs",
-    "fmt",
     "render",
     "report",
     "rows_from_dataframe",

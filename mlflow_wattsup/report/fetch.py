@@ -9,13 +9,12 @@ import math
 from collections.abc import Sequence
 
 from mlflow_wattsup.report.aggregate import NEEDED_METRICS
-from mlflow_wattsup.report.model import TAG_PREFIX, RunRow
-from mlflow_wattsup.report.whatif import INTENSITY_PARAM
+from mlflow_wattsup.report.model import RunRow
 from mlflow_wattsup.sink import keys
 
 #: the params the report reads (``fetch_runs`` asks only for these, the metrics of NEEDED_METRICS
-#: and the tags starting with TAG_PREFIX)
-NEEDED_PARAMS = (keys.PUE, INTENSITY_PARAM)
+#: and the tags starting with ``wattsup.``)
+NEEDED_PARAMS = (keys.PUE, keys.CARBON_INTENSITY)
 
 
 def rows_from_dataframe(df) -> list[RunRow]:
@@ -54,41 +53,29 @@ def fetch_runs(
     """
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
-    ids = list(experiment_ids or [])
-    for name in experiment_names or []:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise ValueError(f"no experiment named {name!r} at {client.tracking_uri}")
-        ids.append(exp.experiment_id)
+    from mlflow_wattsup.sink.transport import Store
+
+    store = Store(MlflowClient(tracking_uri))
+    ids = list(experiment_ids or []) + store.experiment_ids(experiment_names or [])
     if not ids:
         raise ValueError("give at least one experiment")
     if fast and not filter_string.strip():
-        rows = _fetch_sql(client, ids)
+        rows = _fetch_sql(store.client, ids)
         if rows is not None:
             return rows
-    return _fetch_search(client, ids, filter_string, page_size)
+    return [run_row(r) for r in store.search_runs(ids, filter_string, page_size=page_size)]
 
 
-def _fetch_search(client, experiment_ids: list[str], filter_string: str, page_size: int) -> list[RunRow]:
-    """``search_runs`` page by page, keeping only what the report needs of each run."""
-    rows: list[RunRow] = []
-    token = None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string, max_results=page_size, page_token=token)
-        for run in page:
-            d = run.data
-            rows.append(
-                RunRow(
-                    run.info.run_id,
-                    {k: v for k, v in d.metrics.items() if k in NEEDED_METRICS},
-                    {k: v for k, v in d.tags.items() if k.startswith(TAG_PREFIX)},
-                    {k: v for k, v in d.params.items() if k in NEEDED_PARAMS},
-                )
-            )
-        token = page.token
-        if not token:
-            return rows
+def run_row(run) -> RunRow:
+    """What the report needs of an MLflow ``Run``: the metrics of NEEDED_METRICS, the tags
+    starting with ``wattsup.``, the params of NEEDED_PARAMS."""
+    d = run.data
+    return RunRow(
+        run.info.run_id,
+        {k: v for k, v in d.metrics.items() if k in NEEDED_METRICS},
+        {k: v for k, v in d.tags.items() if k.startswith(keys.PREFIX)},
+        {k: v for k, v in d.params.items() if k in NEEDED_PARAMS},
+    )
 
 
 def _fetch_sql(client, experiment_ids: Sequence[str]) -> list[RunRow] | None:
@@ -122,7 +109,7 @@ def _fetch_sql(client, experiment_ids: Sequence[str]) -> list[RunRow] | None:
             tags = (
                 session.query(SqlTag.run_uuid, SqlTag.key, SqlTag.value)
                 .join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid)
-                .filter(SqlRun.experiment_id.in_(ids), SqlTag.key.like(TAG_PREFIX + "%"))
+                .filter(SqlRun.experiment_id.in_(ids), SqlTag.key.like(keys.PREFIX + "%"))
             )
             for rid, key, value in tags:
                 if rid in rows:

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from mlflow_wattsup.sink import keys
 
 DEFAULT_GROUP_BY = ("pipeline", "device")
-TAG_PREFIX = keys.PREFIX  # pipeline, device, source.* ... (the SQL read filters on the same prefix)
 
 
 def energy_basis(tags: Mapping[str, str]) -> str:
@@ -39,7 +38,7 @@ class RunRow:
     def group_value(self, key: str) -> str:
         """The run's value of tag or param ``key`` (``wattsup.`` prefix optional), else ``n/a``."""
         for source in (self.tags, self.params):
-            for k in (key, f"{TAG_PREFIX}{key}"):
+            for k in (key, f"{keys.PREFIX}{key}"):
                 if k in source and source[k] != "":
                     return source[k]
         return "n/a"

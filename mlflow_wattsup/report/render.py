@@ -3,44 +3,34 @@ group) or the wide one (the last grouping key pivoted into columns). Pure: no ML
 
 from __future__ import annotations
 
-import csv
 import html
-import io
-import math
 from typing import TYPE_CHECKING, Any
 
+from mlflow_wattsup.report.numbers import fmt, raw
+from mlflow_wattsup.report.table import csv_text, html_table, markdown
+
 if TYPE_CHECKING:
-    from mlflow_wattsup.report.model import Cell, Report
+    from mlflow_wattsup.report.model import Cell, Column, Report
 
 ESTIMATE_MARK = "†"
 
 
-def fmt(x: float | None, big: bool = False) -> str:
-    """A number to 3 significant digits; ``big``: with k/M/G/T suffixes; ``N/A`` for None/NaN."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "N/A"
-    if big:
-        for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-            if abs(x) >= div:
-                return f"{x / div:.3g} {suffix}"
-        return f"{x:.3g}"
-    if x == 0:
-        return "0"
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    return f"{x:.3g}" if abs(x) >= 0.001 else f"{x:.2e}"
+def cell_number(x: float | None, big: bool = False) -> str:
+    """A number of the table: 3 significant digits (``big``: with k/M/G/T suffixes), ``N/A``."""
+    return fmt(x, big=big, na="N/A", largest="T")
 
 
 def cell_text(cell: Cell, big: bool = False) -> str:
     """``mean (sd)``, ``mean (-)`` for one value, ``N/A`` for none."""
     if not cell.values:
         return "N/A"
-    sd = "-" if cell.sd is None else fmt(cell.sd, big)
-    return f"{fmt(cell.mean, big)} ({sd})"
+    sd = "-" if cell.sd is None else cell_number(cell.sd, big)
+    return f"{cell_number(cell.mean, big)} ({sd})"
 
 
-def _carbon_label(rep: Report, label: str) -> str:
-    return "Carbon (g, recomputed)" if rep.recomputed else label
+def column_label(rep: Report, col: Column) -> str:
+    """The column's header (carbon says so when it was recomputed)."""
+    return "Carbon (g, recomputed)" if col.key == "carbon" and rep.recomputed else col.label
 
 
 def _basis_label(basis: str) -> str:
@@ -53,7 +43,7 @@ def header(rep: Report) -> list[str]:
         *(k.capitalize() for k in rep.group_by),
         "Energy basis",
         "N",
-        *(_carbon_label(rep, c.label) if c.key == "carbon" else c.label for c in rep.cols),
+        *(column_label(rep, c) for c in rep.cols),
     ]
 
 
@@ -98,7 +88,7 @@ def wide(rep: Report) -> tuple[list[str], list[list[str]]]:
     row_keys = list(dict.fromkeys(g[:-2] + (g[-1],) for g in rep.groups))
     head = [*(k.capitalize() for k in rep.group_by[:-1]), "Energy basis"]
     for c in rep.cols:
-        label = _carbon_label(rep, c.label) if c.key == "carbon" else c.label
+        label = column_label(rep, c)
         head += [f"{label}: {v.upper() if len(v) <= 4 else v}" for v in pivot_values]
     body = []
     for rk in row_keys:
@@ -117,44 +107,29 @@ def _shape(rep: Report, layout: str) -> tuple[list[str], list[list[str]]]:
 
 def to_markdown(rep: Report, layout: str = "long") -> str:
     head, body = _shape(rep, layout)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in body]
-    return "\n".join(lines + [""] + [f"{n}" for n in footnotes(rep)]) + "\n"
+    return "\n".join(markdown(head, body) + [""] + footnotes(rep)) + "\n"
 
 
 def to_csv(rep: Report) -> str:
     """One row per group (long layout), unformatted: ``<col>_mean``, ``<col>_sd``, ``<col>_n``
     in the columns' units (runtime as chosen, energy Wh, carbon g)."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    keys = [*rep.group_by, "energy_basis", "n"]
+    head = [*rep.group_by, "energy_basis", "n"]
     for c in rep.cols:
-        keys += [f"{c.key}_mean", f"{c.key}_sd", f"{c.key}_n"]
-    w.writerow(keys)
+        head += [f"{c.key}_mean", f"{c.key}_sd", f"{c.key}_n"]
+    body = []
     for g in rep.groups:
         row: list[Any] = [*g, rep.n[g]]
         for c in rep.cols:
             cell = rep.cells[g][c.key]
-            row += [
-                "" if cell.mean is None else repr(cell.mean),
-                "" if cell.sd is None else repr(cell.sd),
-                cell.n,
-            ]
-        w.writerow(row)
-    return buf.getvalue()
+            row += [raw(cell.mean), raw(cell.sd), cell.n]
+        body.append(row)
+    return csv_text(head, body)
 
 
 def to_html(rep: Report, layout: str = "long") -> str:
     head, body = _shape(rep, layout)
-    esc = html.escape
-    out = [
-        "<table>",
-        "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead>",
-        "<tbody>",
-    ]
-    out += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in body]
-    out += ["</tbody>", "</table>"] + [f"<p>{esc(n)}</p>" for n in footnotes(rep)]
-    return "\n".join(out) + "\n"
+    notes = [f"<p>{html.escape(n)}</p>" for n in footnotes(rep)]
+    return "\n".join(html_table(head, body) + notes) + "\n"
 
 
 def render(rep: Report, fmt_name: str = "markdown", layout: str = "long") -> str:

@@ -13,9 +13,6 @@ from mlflow_wattsup.sink import keys
 if TYPE_CHECKING:
     from mlflow_wattsup.report.model import RunRow
 
-#: the param a run logs its carbon intensity under (g/kWh)
-INTENSITY_PARAM = keys.CARBON_INTENSITY
-
 
 @dataclass(frozen=True)
 class WhatIf:
@@ -48,7 +45,7 @@ def what_if(
         c = lookup_region(region)
         intensity, source = c.g_per_kwh, f"{c.region}, {c.source}"
     else:
-        logged = {r.params.get(INTENSITY_PARAM) for r in runs} - {None}
+        logged = {r.params.get(keys.CARBON_INTENSITY) for r in runs} - {None}
         if len(logged) != 1:
             raise ValueError(
                 "--pue alone needs every run to share one logged intensity; "

@@ -28,8 +28,6 @@ from mlflow_wattsup.sink import keys
 DIGEST_HEX = 16  # MLflow's dataset digest column holds 36 characters; 64 bits identify a volume
 BLOCK_BYTES = 1 << 20
 
-#: input tag naming how the digest was computed (``file-sha256`` or ``array-sha256``)
-DIGEST_KIND_TAG = keys.DIGEST
 CONTEXT_TAG = "mlflow.data.context"  # MLflow's own input tag: training, evaluation, reference...
 
 
@@ -103,7 +101,7 @@ def log_images(client, run_id: str, images: Iterable[ImageInput]) -> None:
     inputs = [
         DatasetInput(
             im.dataset()._to_mlflow_entity(),
-            tags=[InputTag(CONTEXT_TAG, im.context), InputTag(DIGEST_KIND_TAG, im.digest_kind)],
+            tags=[InputTag(CONTEXT_TAG, im.context), InputTag(keys.DIGEST, im.digest_kind)],
         )
         for im in images
     ]

@@ -1,38 +1,40 @@
 """Write runs read from other trackers' logs (see :mod:`.importers`) into MLflow, once.
 
 Each imported run carries ``wattsup.import.key`` (a hash of the source data); importing the same
-data again finds that run and creates nothing. Runs keep their real start and end times.
+data again finds that run and creates nothing. Runs keep their real start and end times. An
+imported run is a :class:`~.lifecycle.TrackedRun` like any other (created as the log says, not
+from this process's context), so it is described and viewed like one.
 """
 
 from __future__ import annotations
-
-from mlflow.tracking import MlflowClient
 
 from mlflow_wattsup import __version__
 from mlflow_wattsup.analysis.carbon import CarbonConfig, CarbonIntensity, world_average
 from mlflow_wattsup.analysis.importers.eit import ImportedRun
 from mlflow_wattsup.meters.units import Energy
+from mlflow_wattsup.run.lifecycle import TrackedRun
 from mlflow_wattsup.sink import keys
 from mlflow_wattsup.sink.transport import Store
-from mlflow_wattsup.sink.writer import MlflowSink
 from mlflow_wattsup.tracking.tracker import stage_key
 
 
-def find_imported(client: MlflowClient, experiment_id: str, key: str) -> str | None:
-    runs = client.search_runs([experiment_id], f"tags.`{keys.IMPORT_KEY}` = '{key}'", max_results=1)
+def find_imported(store: Store, experiment_id: str, key: str) -> str | None:
+    runs = store.search_runs([experiment_id], f"tags.`{keys.IMPORT_KEY}` = '{key}'", max_results=1)
     return runs[0].info.run_id if runs else None
 
 
 def write(
     run: ImportedRun,
-    client: MlflowClient,
+    store: Store,
     experiment_id: str,
     pue: float | None = None,
     pipeline: str | None = None,
     device: str | None = None,
-) -> tuple[str, bool]:
-    """(run id, created). ``pue`` overrides the run's own (EIT logs have none: default 1.58)."""
-    existing = find_imported(client, experiment_id, run.key)
+) -> tuple[str | None, bool]:
+    """(run id, created): the run id is None when the store went away before the run could be
+    created (its values are spooled). ``pue`` overrides the run's own (EIT logs have none:
+    default 1.58)."""
+    existing = find_imported(store, experiment_id, run.key)
     if existing:
         return existing, False
     p = pue if pue is not None else (run.pue if run.pue is not None else 1.0)
@@ -59,11 +61,16 @@ def write(
         tags[keys.PIPELINE] = pipeline
     if device:
         tags[keys.DEVICE] = device
-    store = Store(client)
-    run_id = store.create_run(
-        {"experiment_id": experiment_id, "run_name": run.name, "start_time": int(run.start_epoch_s * 1000)}
+    tracked = TrackedRun(
+        store=store,
+        create={
+            "experiment_id": experiment_id,
+            "run_name": run.name,
+            "start_time": int(run.start_epoch_s * 1000),
+        },
+        flush_interval_s=0,
     )
-    sink = MlflowSink(run_id, client, flush_interval_s=0, store=store)
+    sink = tracked.sink
     end_ms = int(run.end_epoch_s * 1000)
     machine = Energy(run.machine_cpu_j, run.machine_gpu_j, run.machine_ram_j)
     metrics = keys.run_metrics(
@@ -101,6 +108,5 @@ def write(
         )
     sink.log_params(keys.carbon_params(carbon))
     sink.set_tags(tags)
-    sink.terminate("FINISHED", end_ms)
-    sink.close()
-    return run_id, True
+    tracked.finish("FINISHED", end_time_ms=end_ms)
+    return tracked.run_id, True

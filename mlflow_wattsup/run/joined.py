@@ -47,6 +47,7 @@ from mlflow_wattsup.analysis.carbon import CarbonConfig
 from mlflow_wattsup.run.lifecycle import TrackedRun, experiment_wanted
 from mlflow_wattsup.run.recording import Recording, stage_metrics
 from mlflow_wattsup.sink import keys
+from mlflow_wattsup.sink.transport import Store
 from mlflow_wattsup.tracking.distributed import (
     AgentReport,
     JobContext,
@@ -78,7 +79,7 @@ def worst(*statuses: str) -> str:
     return max(statuses, key=lambda s: _SEVERITY.get(s, 2))
 
 
-def find_job_run(client, job_key: str, experiment: str | None, timeout_s: float) -> str | None:
+def find_job_run(store: Store, job_key: str, experiment: str | None, timeout_s: float) -> str | None:
     """The id of the RUNNING run tagged ``wattsup.dist.job = job_key`` in the experiment a new
     run would go to (the newest, should an earlier attempt have left one RUNNING), polled until
     ``timeout_s``; None if it did not appear."""
@@ -87,12 +88,9 @@ def find_job_run(client, job_key: str, experiment: str | None, timeout_s: float)
     flt = f"tags.`{keys.DIST_JOB}` = '{quoted}' and attributes.status = 'RUNNING'"
     deadline = time.monotonic() + timeout_s
     while True:
-        exp_id = want["experiment_id"]
-        if exp_id is None:
-            exp = client.get_experiment_by_name(want["experiment_name"])
-            exp_id = exp.experiment_id if exp is not None else None
+        exp_id = want["experiment_id"] or store.find_experiment(want["experiment_name"])
         if exp_id is not None:
-            runs = client.search_runs([exp_id], flt, max_results=2, order_by=["attributes.start_time DESC"])
+            runs = store.search_runs([exp_id], flt, max_results=2, order_by=["attributes.start_time DESC"])
             if runs:
                 return runs[0].info.run_id
         if time.monotonic() >= deadline:
@@ -135,11 +133,12 @@ class JoinedRun(TrackedRun):
         explicit = run_id or self._given(kw.get("join_active", True))
         alone, found = None, False
         if not self.leader and explicit is None:
-            from mlflow.tracking import MlflowClient
+            if kw.get("store") is None:
+                from mlflow.tracking import MlflowClient
 
-            client = MlflowClient(kw.get("tracking_uri"))
+                kw["store"] = Store(MlflowClient(kw.get("tracking_uri")))  # the run's one connection
             wait_s = _seconds(JOIN_ENV, 120.0)
-            explicit = find_job_run(client, ctx.job_key, kw.get("experiment"), wait_s)
+            explicit = find_job_run(kw["store"], ctx.job_key, kw.get("experiment"), wait_s)
             found = explicit is not None
             if explicit is None:
                 alone = (
@@ -237,7 +236,7 @@ class JoinedRun(TrackedRun):
         """The run's status when it is no longer RUNNING, or when another agent took it over;
         None while it is ours to end (a store that does not answer counts as ours: spooled)."""
         try:
-            run = self.client.get_run(self.run_id)
+            run = self.store.client.get_run(self.run_id)
         except Exception:
             return None
         if run.info.status != "RUNNING":
@@ -247,10 +246,10 @@ class JoinedRun(TrackedRun):
             return f"taken over: {taker}"
         return None
 
-    def _close(self, status: str) -> None:
+    def _close(self, status: str, end_time_ms: int | None = None) -> None:
         if self._took_over and self.created and self._ended_by_other() is not None:
             self.created = False  # ended while we wrote the totals: do not end it a second time
-        super()._close(status)
+        super()._close(status, end_time_ms)
 
     def _await_leader(self) -> bool:
         """An agent other than 0, after its report: wait for the run to leave RUNNING. True when
@@ -263,7 +262,7 @@ class JoinedRun(TrackedRun):
         while True:
             now = time.monotonic()
             try:
-                run = self.client.get_run(self.run_id)
+                run = self.store.client.get_run(self.run_id)
             except Exception:  # the store does not answer: nobody can end the run now
                 if now - changed >= margin_s + report_s:
                     self._say(
@@ -332,7 +331,7 @@ class JoinedRun(TrackedRun):
             deadline = time.monotonic() + _seconds(REPORT_ENV, 120.0)
             while True:
                 try:
-                    tags = self.client.get_run(self.run_id).data.tags if self.run_id else {}
+                    tags = self.store.client.get_run(self.run_id).data.tags if self.run_id else {}
                 except Exception:  # the store is down: wait, then log what we have (spooled)
                     tags = {}
                 for k, v in tags.items():

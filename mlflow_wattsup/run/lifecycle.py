@@ -81,6 +81,12 @@ class TrackedRun:
     ``mlflow.log_*`` calls in the block go to it), resuming ``$MLFLOW_RUN_ID`` like
     ``mlflow.start_run()`` does. ``join_active``: an active fluent run counts as the run to log
     to. ``flush_interval_s``: the sink's writer period (0: write at close only).
+
+    ``store``: the tracking store (default: one for ``tracking_uri``); the run's one connection,
+    shared with its sink. ``create``: create exactly this run (``experiment_id``, ``run_name``,
+    ``tags``, ``start_time`` in epoch ms, as :meth:`~mlflow_wattsup.sink.transport.Store.create_run`
+    takes them), never the active or ``$MLFLOW_RUN_ID`` run and without this process's context
+    tags: a run that happened elsewhere (an import).
     """
 
     def __init__(
@@ -95,32 +101,37 @@ class TrackedRun:
         fluent: bool = False,
         flush_interval_s: float = 10.0,
         echo: Any = sys.stderr,
+        store: Store | None = None,
+        create: Mapping[str, Any] | None = None,
     ):
-        from mlflow.tracking import MlflowClient
+        if store is None:
+            from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri)
-        self.store = Store(self.client)
-        self.uri = self.client.tracking_uri
+            store = Store(MlflowClient(tracking_uri))
+        self.store = store
         self.echo = echo
         self.recording: Recording | None = None
         self.totals: Totals | None = None
         self._fluent = False
-        run_id, source = self._which(run_id, join_active)
+        run_id, source = (None, "new") if create is not None else self._which(run_id, join_active)
         self.created = False  # we created (or will create) the run, so we end it
-        create = None
         answered = False
         try:
-            if fluent and source in ("new", "env") and self.store.reachable():
+            if fluent and source in ("new", "env") and create is None and self.store.reachable():
                 run_id = self._start_fluent(source, experiment, run_name, tags)
             elif run_id is not None:
                 self.store.run_exists(run_id)
             else:
-                create = {
-                    **experiment_wanted(experiment),
-                    "run_name": run_name,
-                    "tags": new_run_tags(tags),
-                    "start_time": now_ms(),
-                }
+                create = (
+                    {**create, "start_time": create.get("start_time") or now_ms()}
+                    if create is not None
+                    else {
+                        **experiment_wanted(experiment),
+                        "run_name": run_name,
+                        "tags": new_run_tags(tags),
+                        "start_time": now_ms(),
+                    }
+                )
                 run_id = self.store.create_run(create)
                 create = None
                 self.created = True
@@ -132,10 +143,9 @@ class TrackedRun:
             self.created = run_id is None
         self.sink = MlflowSink(
             run_id,
-            self.client,
+            self.store,
             create=create,
             flush_interval_s=flush_interval_s,
-            store=self.store,
             echo=echo,
             store_answered=answered,
         )
@@ -146,7 +156,7 @@ class TrackedRun:
         we do not create through the store, because MLflow's fluent state must own it."""
         import mlflow
 
-        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_tracking_uri(self.store.uri)
         if source == "env":
             run = mlflow.start_run()
         else:
@@ -172,7 +182,7 @@ class TrackedRun:
     def _say_unreachable(self, exc: Exception) -> None:
         if self.echo is not None:
             print(
-                f"wattsup: tracking store {self.uri} unreachable ({type(exc).__name__}); measuring anyway: "
+                f"wattsup: tracking store {self.store.uri} unreachable ({type(exc).__name__}); measuring anyway: "
                 "results are spooled and written when it answers",
                 file=self.echo,
             )
@@ -211,13 +221,15 @@ class TrackedRun:
         exit_code: int | None = None,
         extra_tags: Mapping[str, str] | None = None,
         before_close: Callable[[], None] | None = None,
+        end_time_ms: int | None = None,
     ) -> Totals | None:
         """Log the totals (if recording) with the end tags, call ``before_close`` (last values),
-        end the run if we created it, close the sink, describe the run."""
+        end the run if we created it (at ``end_time_ms``, default now), close the sink, describe
+        the run."""
         try:
             status = self._log_end(status, exit_code, extra_tags, before_close)
         finally:
-            self._close(status)
+            self._close(status, end_time_ms)
         return self.totals
 
     def _log_end(
@@ -236,10 +248,10 @@ class TrackedRun:
             before_close()
         return status
 
-    def _close(self, status: str) -> None:
+    def _close(self, status: str, end_time_ms: int | None = None) -> None:
         """End the run if we created it, write everything queued, then describe it."""
         if self.created:
-            self.sink.terminate(status)
+            self.sink.terminate(status, end_time_ms)
         written = self.sink.close()
         if written and self._describes():
             self._describe()
@@ -254,14 +266,15 @@ class TrackedRun:
     def _describe(self) -> None:
         """The run's description in words (never over a user's), and our saved runs-table view in
         an experiment we created the run in; a failure here is one line, never an error."""
-        from mlflow_wattsup.report.description import describe_or_warn
+        from mlflow_wattsup.report.notes import describe_or_warn
+        from mlflow_wattsup.report.run_note import describe_run
 
-        describe_or_warn(self.client, self.run_id)
+        describe_or_warn(describe_run, self.store.client, self.run_id)
         if self.created:
             try:
                 from mlflow_wattsup.report.links import ensure_runs_view
 
-                ensure_runs_view(self.client, self.client.get_run(self.run_id).info.experiment_id)
+                ensure_runs_view(self.store.client, self.store.client.get_run(self.run_id).info.experiment_id)
             except Exception:
                 pass  # a saved view is a convenience
 
@@ -295,13 +308,13 @@ class TrackedRun:
         """The printed summary: totals with their sources, and where to see the run in the UI."""
         from mlflow_wattsup.run.recording import summary_text
 
-        where = [f"run {self.run_id or '(not created yet: spooled)'} at {self.uri}"]
+        where = [f"run {self.run_id or '(not created yet: spooled)'} at {self.store.uri}"]
         if self.run_id:
             try:
                 from mlflow_wattsup.report.links import open_lines
 
-                exp_id = self.client.get_run(self.run_id).info.experiment_id
-                where = [f"run {self.run_id}", *open_lines(self.uri, exp_id, self.run_id)]
+                exp_id = self.store.client.get_run(self.run_id).info.experiment_id
+                where = [f"run {self.run_id}", *open_lines(self.store.uri, exp_id, self.run_id)]
             except Exception:
                 pass  # the store is away: the plain line
         return summary_text(where, self.totals, carbon, exit_code, status)

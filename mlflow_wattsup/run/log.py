@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from mlflow_wattsup.sink import keys
+from mlflow_wattsup.sink.transport import Store
 from mlflow_wattsup.sink.writer import MlflowSink
 
 
@@ -16,13 +17,20 @@ def target_run(
     experiment: str | None = None,
     run_name: str | None = None,
     tracking_uri: str | None = None,
+    store: Store | None = None,
 ) -> Iterator[MlflowSink]:
     """A sink for: ``run_id``; else the active fluent run; else ``$MLFLOW_RUN_ID``; else a new
-    run in ``experiment`` (ended FINISHED, or FAILED if the block raises)."""
+    run in ``experiment`` (ended FINISHED, or FAILED if the block raises). ``store``: the tracking
+    store to use (default: ``tracking_uri``'s)."""
     from mlflow_wattsup.run.lifecycle import TrackedRun
 
     with TrackedRun(
-        tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, run_name=run_name, flush_interval_s=0
+        tracking_uri=tracking_uri,
+        run_id=run_id,
+        experiment=experiment,
+        run_name=run_name,
+        flush_interval_s=0,
+        store=store,
     ) as run:
         yield run.sink
 

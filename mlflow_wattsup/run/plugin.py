@@ -31,10 +31,10 @@ def machine_tags() -> dict[str, str]:
 
     info = cpu_info()
     tags = {
-        keys.PREFIX + "version": __version__,
-        keys.PREFIX + "cpu_model": info.model,
-        keys.PREFIX + "cpu_logical": str(info.logical_cpus),
-        keys.PREFIX + "ram_total_gb": f"{total_memory_bytes() / 2**30:.1f}",
+        keys.VERSION: __version__,
+        keys.CPU_MODEL: info.model,
+        keys.CPU_LOGICAL: str(info.logical_cpus),
+        keys.RAM_TOTAL_GB: f"{total_memory_bytes() / 2**30:.1f}",
     }
     meters = []
     try:
@@ -45,19 +45,19 @@ def machine_tags() -> dict[str, str]:
     gpu = open_nvml()
     if gpu is not None:
         meters.append(gpu.source)
-        tags[keys.PREFIX + "gpus"] = ", ".join(gpu.names)
-        tags[keys.PREFIX + "gpu_driver"] = gpu.driver_version
+        tags[keys.GPUS] = ", ".join(gpu.names)
+        tags[keys.GPU_DRIVER] = gpu.driver_version
         gpu.close()
     else:
-        tags[keys.PREFIX + "gpus"] = "none"
-    tags[keys.PREFIX + "meters"] = ",".join(meters) if meters else "none (energy will be estimated)"
+        tags[keys.GPUS] = "none"
+    tags[keys.METERS] = ",".join(meters) if meters else "none (energy will be estimated)"
     try:
         c = resolve_intensity()
-        tags[keys.PREFIX + "config.carbon_intensity_g_per_kwh"] = f"{c.g_per_kwh:.6g}"
-        tags[keys.PREFIX + "config.region"] = c.region or "none"
-        tags[keys.PREFIX + "config.pue"] = f"{resolve_pue()[0]:g}"
+        tags[keys.CONFIG_CARBON_INTENSITY] = f"{c.g_per_kwh:.6g}"
+        tags[keys.CONFIG_REGION] = c.region or "none"
+        tags[keys.CONFIG_PUE] = f"{resolve_pue()[0]:g}"
     except CarbonConfigError as exc:
-        tags[keys.PREFIX + "config.error"] = str(exc)
+        tags[keys.CONFIG_ERROR] = str(exc)
     return tags
 
 

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mlflow_wattsup.analysis.carbon import CarbonConfig
-from mlflow_wattsup.meters.units import wh
 from mlflow_wattsup.sink import keys
 from mlflow_wattsup.sink.writer import MlflowSink
 from mlflow_wattsup.tracking.tracker import SampleBuffer, StageResult, Totals, Tracker
@@ -104,25 +103,17 @@ class Recording:
         ]
 
 
-def fmt_duration(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 def summary_text(where: list[str], totals: Totals, carbon: CarbonConfig, exit_code: int, status: str) -> str:
     """``where``: the lines saying which run and how to open it."""
+    from mlflow_wattsup.report.numbers import clock, energy_j
+
     e = totals.energy
     src = totals.sources
-
-    def fmt_wh(j: float) -> str:
-        return f"{wh(j):.4g} Wh"
-
     lines = [
-        f"wattsup: {status} in {fmt_duration(totals.duration_s)} ({totals.duration_s:.1f} s), exit code "
-        f"{exit_code}",
-        f"  energy  {fmt_wh(e.total_j)}: CPU {fmt_wh(e.cpu_j)} [{src.cpu}], GPU {fmt_wh(e.gpu_j)} "
+        f"wattsup: {status} in {clock(totals.duration_s)} ({totals.duration_s:.1f} s), exit code {exit_code}",
+        f"  energy  {energy_j(e.total_j)}: CPU {energy_j(e.cpu_j)} [{src.cpu}], GPU {energy_j(e.gpu_j)} "
         f"[{src.gpu}], "
-        f"RAM {fmt_wh(e.ram_j)} [{src.ram}]; whole machine {fmt_wh(totals.machine_energy.total_j)}",
+        f"RAM {energy_j(e.ram_j)} [{src.ram}]; whole machine {energy_j(totals.machine_energy.total_j)}",
         f"  carbon  {carbon.carbon_g(e.total_j):.4g} g CO2eq at {carbon.intensity.g_per_kwh:.4g} g/kWh "
         f"({carbon.intensity.region or 'no region'}: {carbon.intensity.source}), PUE {carbon.pue:g}",
         f"  cpu time {totals.cpu_s:.1f} s; mean power {totals.power_mean_w:.1f} W",

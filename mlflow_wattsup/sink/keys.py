@@ -8,6 +8,7 @@ watts, ``_g`` grams CO2eq.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,6 +16,7 @@ from mlflow_wattsup.analysis.carbon import CarbonConfig
 from mlflow_wattsup.meters.units import Energy, kwh
 
 PREFIX = "wattsup."
+_KEY_PART_BAD = re.compile(r"[^A-Za-z0-9_\-.]")
 #: set in the environment of a command run by ``wattsup run``: the run it is logged to
 RUN_ENV = "WATTSUP_RUN_ID"
 
@@ -51,9 +53,22 @@ IMPORT_TOOL = "wattsup.import.tool"
 SOURCE_CARBON_INTENSITY = "wattsup.source.carbon_intensity"
 SOURCE_PUE = "wattsup.source.pue"
 MODEL_COST = "wattsup.model_cost"
+#: dataset input tag: how its digest was computed (``file-sha256`` or ``array-sha256``)
 DIGEST = "wattsup.digest"
 MODEL_URI = "wattsup.model_uri"
 T1 = "wattsup.t1"
+
+# -- the machine and its configuration (tags of the run_context_provider plugin, run/plugin.py) --
+CPU_MODEL = "wattsup.cpu_model"
+CPU_LOGICAL = "wattsup.cpu_logical"
+RAM_TOTAL_GB = "wattsup.ram_total_gb"
+GPUS = "wattsup.gpus"
+GPU_DRIVER = "wattsup.gpu_driver"
+METERS = "wattsup.meters"
+CONFIG_CARBON_INTENSITY = "wattsup.config.carbon_intensity_g_per_kwh"
+CONFIG_REGION = "wattsup.config.region"
+CONFIG_PUE = "wattsup.config.pue"
+CONFIG_ERROR = "wattsup.config.error"
 
 # -- SLURM backend and study jobs (tags) -----------------------------------------------------------
 SLURM_JOB_ID = "wattsup.slurm.job_id"
@@ -95,6 +110,16 @@ STUDY_AGREEMENT = "wattsup.study.agreement"
 STUDY_REFERENCE_RUN = "wattsup.study.reference_run"
 #: child: the subject directory the study read its volumes and thickness from
 STUDY_SUBJECT_DIR = "wattsup.study.subject_dir"
+
+# -- a subject's volumes and thickness, and their agreement with a reference subject directory ---
+#: per measure, the metric prefix of the run's own values (``<prefix>/<structure>``) and of its
+#: difference from the reference (``<prefix>/<structure>``, run - reference)
+VALUE_PREFIX = {"volume": "volume_mm3", "thickness": "thickness_mm"}
+DIFF_PREFIX = {"volume": "volume_diff_mm3", "thickness": "thickness_diff_mm"}
+#: the reference subject directory compared against (absolute path)
+AGREE_REFERENCE = "wattsup.agree.reference"
+#: a stats file that could not be read (``file:line: what``)
+WARNING_AGREEMENT = "wattsup.warning.agreement"
 
 DICE_EXCLUDED_LABELS = "wattsup.dice.excluded_labels"
 FASTSURFER_MODULES = "wattsup.fastsurfer.modules"
@@ -279,15 +304,65 @@ def dice_metrics(result: Any, prefix: str = "dice") -> dict[str, float]:
     return out
 
 
+def dice_names_tag(prefix: str = "dice") -> str:
+    """``wattsup.<prefix>.names``: where the label names of a Dice came from."""
+    return f"{PREFIX}{prefix}.names"
+
+
 def dice_tags(result: Any, prefix: str = "dice") -> dict[str, str]:
     tags = {f"{PREFIX}{prefix}.labels": ",".join(str(v) for v in result.labels)}
     if result.names_source:
-        tags[f"{PREFIX}{prefix}.names"] = result.names_source
+        tags[dice_names_tag(prefix)] = result.names_source
     if result.merge:
         tags[f"{PREFIX}{prefix}.merge"] = result.merge
     if result.absent:
         tags[f"{PREFIX}{prefix}.absent"] = ",".join(str(v) for v in result.absent)
     return tags
+
+
+def key_part(name: str) -> str:
+    """A structure name as one key segment (characters other than ``A-Za-z0-9_-.`` -> ``_``)."""
+    return _KEY_PART_BAD.sub("_", name)
+
+
+def stats_tag(measure: str) -> str:
+    """``wattsup.stats.<measure>`` (volume, thickness): the stats file(s) read, or ``n/a: <why>``."""
+    return f"{PREFIX}stats.{measure}"
+
+
+def agree_tag(measure: str) -> str:
+    """``wattsup.agree.<measure>`` (volume, thickness, dice): what was compared, or ``n/a: <why>``."""
+    return f"{PREFIX}agree.{measure}"
+
+
+def agree_unmatched_tag(measure: str) -> str:
+    """``wattsup.agree.<measure>_unmatched``: the names in one side only."""
+    return f"{PREFIX}agree.{measure}_unmatched"
+
+
+def subject_value_metrics(
+    volumes_mm3: Mapping[str, float], thickness_mm: Mapping[str, float]
+) -> dict[str, float]:
+    """``volume_mm3/<structure>`` and ``thickness_mm/<region>``: a run's own values."""
+    out = {f"{VALUE_PREFIX['volume']}/{key_part(k)}": v for k, v in volumes_mm3.items()}
+    out.update({f"{VALUE_PREFIX['thickness']}/{key_part(k)}": v for k, v in thickness_mm.items()})
+    return out
+
+
+def comparison_metrics(c: Any, unit: str) -> dict[str, float]:
+    """Of a Comparison of one measure with the reference (``unit``: mm3, mm): the differences per
+    structure, ``<measure>_compared_n``, and the means of the differences (signed, absolute,
+    absolute relative) when any was compared."""
+    m = c.measure
+    out = {f"{DIFF_PREFIX[m]}/{key_part(p.name)}": p.diff for p in c.compared}
+    out[f"{m}_compared_n"] = c.n
+    if c.n:
+        out[f"{m}_diff_mean_{unit}"] = c.mean_diff()
+        out[f"{m}_absdiff_mean_{unit}"] = c.mean_absdiff()
+        rel = c.mean_absreldiff()
+        if rel is not None:
+            out[f"{m}_absreldiff_mean"] = rel
+    return out
 
 
 def import_tags(key: str, source: str, notes: Iterable[str] = ()) -> dict[str, str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_wattsup.sink.spool import leftover_spools, lock_if_free, read_spool, spool_dir
+from mlflow_wattsup.sink.transport import Store
 from mlflow_wattsup.sink.writer import MlflowSink
 
 
@@ -42,7 +43,7 @@ def replay_spools(
             uri = tracking_uri or header.get("tracking_uri")
             sink = MlflowSink(
                 header.get("run_id"),
-                MlflowClient(tracking_uri=uri),
+                Store(MlflowClient(tracking_uri=uri)),
                 create=header.get("create"),
                 flush_interval_s=0,
                 spool=False,

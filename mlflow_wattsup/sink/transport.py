@@ -4,13 +4,14 @@ Against an MLflow REST server every call goes through MLflow's own HTTP helper (
 authentication, TLS settings and error checks) with **no retries and a short timeout**, so a down
 server costs seconds, not MLflow's default seven retries over about four minutes: our sink's
 backoff and spool take over. Other stores (sqlite, the file store) go through ``MlflowClient``.
-This is the only place that creates experiments and runs. Nothing here changes the process
-environment.
+This is the only place that creates experiments and runs, finds an experiment by name, and
+pages through ``search_runs``. Nothing here changes the process environment.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -125,6 +126,21 @@ class Store:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def find_experiment(self, name: str) -> str | None:
+        """The id of experiment ``name``, None when there is none."""
+        return self._find_experiment(name)[0]
+
+    def experiment_ids(self, names: Iterable[str]) -> list[str]:
+        """The ids of the experiments ``names``; ValueError (one line) naming the first that does
+        not exist."""
+        ids = []
+        for name in names:
+            exp_id = self.find_experiment(name)
+            if exp_id is None:
+                raise ValueError(f"no experiment named {name!r} at {self.uri}")
+            ids.append(exp_id)
+        return ids
+
     def _find_experiment(self, name: str) -> tuple[str | None, bool]:
         if self._rest is None:
             exp = self.client.get_experiment_by_name(name)
@@ -175,6 +191,34 @@ class Store:
         if run_name:
             body["run_name"] = run_name
         return self._rest("POST", "/api/2.0/mlflow/runs/create", body)["run"]["info"]["run_id"]
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def search_runs(
+        self,
+        experiment_ids: Iterable[str],
+        filter_string: str = "",
+        *,
+        order_by: Sequence[str] | None = None,
+        max_results: int | None = None,
+        page_size: int = 1000,
+    ) -> list:
+        """The runs of ``experiment_ids`` that match ``filter_string``, all of them page by page
+        (or the first ``max_results``), in ``order_by`` (MLflow's syntax)."""
+        ids, out, token = list(experiment_ids), [], None
+        while True:
+            size = page_size if max_results is None else min(page_size, max_results - len(out))
+            page = self.client.search_runs(
+                ids,
+                filter_string,
+                max_results=size,
+                order_by=list(order_by) if order_by else None,
+                page_token=token,
+            )
+            out.extend(page)
+            token = page.token
+            if not token or (max_results is not None and len(out) >= max_results):
+                return out
 
     # -- writing --------------------------------------------------------------------------------
 

@@ -37,7 +37,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import (
     MAX_ENTITIES_PER_BATCH,
     MAX_METRICS_PER_BATCH,
@@ -48,7 +47,7 @@ from mlflow.utils.validation import (
 
 from mlflow_wattsup.sink import keys
 from mlflow_wattsup.sink.spool import SpoolFile, entity_json, spool_dir
-from mlflow_wattsup.sink.transport import HTTP_TIMEOUT_S, Store, now_ms, unreachable
+from mlflow_wattsup.sink.transport import Store, now_ms, unreachable
 from mlflow_wattsup.tracking.tracker import Sample
 
 CLOSE_WAIT_ENV = "WATTSUP_CLOSE_WAIT_S"
@@ -70,30 +69,27 @@ class MlflowSink:
     """Queue and batch-write metrics, params, tags and the terminal status of one run.
 
     ``run_id``: the run; or None with ``create={"experiment_id" | "experiment_name", "run_name",
-    "tags", "start_time"}`` to create it at the first successful write. ``flush_interval_s``: how
-    often the writer thread writes (0: only on ``flush()``/``close()``). ``echo``: where one-line
-    notices about outages go (None for silence).
+    "tags", "start_time"}`` to create it at the first successful write. ``store``: the tracking
+    store it writes to (the run's one connection). ``flush_interval_s``: how often the writer
+    thread writes (0: only on ``flush()``/``close()``). ``echo``: where one-line notices about
+    outages go (None for silence). ``store_answered``: the store answered earlier in this job.
     """
 
     def __init__(
         self,
         run_id: str | None,
-        client: MlflowClient | None = None,
+        store: Store,
         *,
         create: dict | None = None,
         flush_interval_s: float = 10.0,
         max_backoff_s: float = 8.0,
         spool: bool = True,
         echo: Any = sys.stderr,
-        http_timeout_s: float = HTTP_TIMEOUT_S,
-        store: Store | None = None,
         store_answered: bool = False,
     ):
         if run_id is None and create is None:
             raise ValueError("give a run_id or what to create")
-        self.client = client or MlflowClient()
-        self.store = store or Store(self.client, http_timeout_s)
-        self.tracking_uri = self.store.uri
+        self.store = store
         self._run_id = run_id
         self._create = dict(create) if create else None
         if self._create is not None:
@@ -151,17 +147,17 @@ class MlflowSink:
         )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        with self._lock:
-            for k, v in params.items():
-                if v is not None:
-                    self._queue.append(("param", Param(k, str(v)[:MAX_PARAM_VAL_LENGTH])))
-        self._queued()
+        self._queue_texts("param", Param, params, MAX_PARAM_VAL_LENGTH)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._queue_texts("tag", RunTag, tags, MAX_TAG_VAL_LENGTH)
+
+    def _queue_texts(self, kind: str, entity: type, values: Mapping[str, Any], max_chars: int) -> None:
+        """Queue params or tags: each value as text cut to what the store takes; None skipped."""
         with self._lock:
-            for k, v in tags.items():
+            for k, v in values.items():
                 if v is not None:
-                    self._queue.append(("tag", RunTag(k, str(v)[:MAX_TAG_VAL_LENGTH])))
+                    self._queue.append((kind, entity(k, str(v)[:max_chars])))
         self._queued()
 
     def terminate(self, status: str, end_time_ms: int | None = None) -> None:
@@ -249,9 +245,7 @@ class MlflowSink:
         if self._spool is not None and self._spool.exists():
             self._spool.append({}, [{"k": "created", "run_id": self._run_id}])
         if self._echo is not None and self._failures:
-            print(
-                f"wattsup: created run {self._run_id} now that {self.tracking_uri} answers", file=self._echo
-            )
+            print(f"wattsup: created run {self._run_id} now that {self.store.uri} answers", file=self._echo)
 
     def _write(self, batch: list[tuple[str, Any]]) -> None:
         if batch[0][0] == "status":
@@ -316,7 +310,7 @@ class MlflowSink:
         if not new:
             return
         try:
-            header = {"run_id": self._run_id, "tracking_uri": self.tracking_uri}
+            header = {"run_id": self._run_id, "tracking_uri": self.store.uri}
             if self._create is not None:
                 header["create"] = self._create
             self._spool.append(header, [entity_json(kind, e) for kind, e in new])
@@ -353,7 +347,7 @@ class MlflowSink:
                 if self._answered and not said and wait_s > unreachable_s and self._echo is not None:
                     said = True
                     print(
-                        f"wattsup: waiting up to {wait_s:.0f} s for {self.tracking_uri} to answer again "
+                        f"wattsup: waiting up to {wait_s:.0f} s for {self.store.uri} to answer again "
                         f"(everything is safe in {self._spool.path if self._spool else 'memory'})",
                         file=self._echo,
                     )
@@ -366,7 +360,7 @@ class MlflowSink:
                         f"kept in {self._spool.path}" if self._spool is not None else "not kept (no spool)"
                     )
                     print(
-                        f"wattsup: {self.pending} values could not reach {self.tracking_uri}; {where}. "
+                        f"wattsup: {self.pending} values could not reach {self.store.uri}; {where}. "
                         "The next wattsup command replays them (or now: wattsup flush)",
                         file=self._echo,
                     )

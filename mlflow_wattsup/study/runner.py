@@ -15,8 +15,6 @@ run of its own). Ctrl-C (or SIGTERM) cancels the jobs, marks their runs KILLED, 
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 import tempfile
 import time
@@ -30,35 +28,15 @@ from mlflow_wattsup.backends.common import (
     KILLED,
     RUNNING,
     SCHEDULED,
-    TAG_EXIT_CODE,
-    TAG_JOB_ID,
     TERMINAL,
     Task,
     absolute_uri,
     check_cluster_store,
 )
 from mlflow_wattsup.sink import keys
-from mlflow_wattsup.study.agreement import StudyAgreement
+from mlflow_wattsup.study.pairing import StudyAgreement
 from mlflow_wattsup.study.plan import Child, Pipeline, spec_sha256
 from mlflow_wattsup.study.subjects import Subject, dataset_sha256
-
-TAG_STUDY = keys.STUDY
-TAG_ROLE = keys.STUDY_ROLE
-TAG_SUBJECT = keys.SUBJECT
-TAG_PIPELINE = keys.PIPELINE
-TAG_DEVICE = keys.DEVICE
-TAG_HASH = keys.STUDY_PARAMS_HASH
-TAG_ATTEMPT = keys.STUDY_ATTEMPT
-TAG_PROJECT_PIPELINE = keys.STUDY_PROJECT_PIPELINE
-
-#: parent metrics (counts over the latest attempt of every planned child, and this invocation's work)
-M_CHILDREN, M_FINISHED, M_FAILED, M_KILLED = (
-    keys.STUDY_CHILDREN,
-    keys.STUDY_FINISHED,
-    keys.STUDY_FAILED,
-    keys.STUDY_KILLED,
-)
-M_SKIPPED, M_SUBMITTED, M_WALL = keys.STUDY_SKIPPED, keys.STUDY_SUBMITTED, keys.STUDY_WALL_S
 
 
 @dataclass
@@ -97,7 +75,10 @@ class Study:
         log: Callable[[str], None] | None = None,
         agreement: list[tuple[str, str]] | None = None,
     ):
+        from mlflow_wattsup.sink.transport import Store
+
         self.client = client
+        self.store = Store(client)  # searches (every page)
         self.uri = absolute_uri(client.tracking_uri)
         self.experiment_id = str(experiment_id)
         self.subjects, self.pipelines, self.children, self.devices = subjects, pipelines, children, devices
@@ -114,9 +95,9 @@ class Study:
         self.slurm_config = dict(slurm_config or {})
         self.workdir = Path(workdir or Path("wattsup-studies") / self.study_id).absolute()
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
-        #: (run pipeline, reference pipeline) pairs compared subject by subject (study/agreement.py)
+        #: (run pipeline, reference pipeline) pairs compared subject by subject (study/pairing.py)
         self.agreement = (
-            StudyAgreement(client, self.uri, self.experiment_id, agreement, children, self.log)
+            StudyAgreement(self.store, self.experiment_id, agreement, children, self.log)
             if agreement
             else None
         )
@@ -132,14 +113,8 @@ class Study:
     # -- MLflow bookkeeping -------------------------------------------------------------------
 
     def _search(self, role: str) -> list:
-        flt = f"tags.`{TAG_STUDY}` = '{_q(self.study_id)}' and tags.`{TAG_ROLE}` = '{role}'"
-        out, token = [], None
-        while True:
-            page = self.client.search_runs([self.experiment_id], flt, max_results=1000, page_token=token)
-            out.extend(page)
-            token = page.token
-            if not token:
-                return out
+        flt = f"tags.`{keys.STUDY}` = '{_q(self.study_id)}' and tags.`{keys.STUDY_ROLE}` = '{role}'"
+        return self.store.search_runs([self.experiment_id], flt)
 
     def _parent(self) -> str:
         from mlflow.entities import Param
@@ -150,8 +125,8 @@ class Study:
             self.client.update_run(run_id, status=RUNNING)
             return run_id
         tags = {
-            TAG_STUDY: self.study_id,
-            TAG_ROLE: "parent",
+            keys.STUDY: self.study_id,
+            keys.STUDY_ROLE: "parent",
             "mlflow.runName": self.study_id,
             keys.STUDY_DATASET: str(self.dataset),
             keys.STUDY_DATASET_SHA256: self.dataset_sha,
@@ -176,10 +151,15 @@ class Study:
         by_key: dict[tuple, list] = {}
         for run in self._search("child"):
             t = run.data.tags
-            key = (t.get(TAG_SUBJECT), t.get(TAG_PIPELINE), t.get(TAG_DEVICE), t.get(TAG_HASH))
+            key = (
+                t.get(keys.SUBJECT),
+                t.get(keys.PIPELINE),
+                t.get(keys.DEVICE),
+                t.get(keys.STUDY_PARAMS_HASH),
+            )
             by_key.setdefault(key, []).append(run)
         for runs in by_key.values():
-            runs.sort(key=lambda r: int(r.data.tags.get(TAG_ATTEMPT, "0") or 0))
+            runs.sort(key=lambda r: int(r.data.tags.get(keys.STUDY_ATTEMPT, "0") or 0))
         return by_key
 
     def _create_child(self, parent_id: str, c: Child, attempt: int) -> str:
@@ -192,13 +172,13 @@ class Study:
             "mlflow.source.name": str(c.pipeline.project_dir),
             "mlflow.project.entryPoint": c.pipeline.entry_point,
             "mlflow.project.backend": self.backend,
-            TAG_STUDY: self.study_id,
-            TAG_ROLE: "child",
-            TAG_SUBJECT: c.subject.id,
-            TAG_PIPELINE: c.pipeline.name,
-            TAG_DEVICE: c.device,
-            TAG_HASH: c.params_hash,
-            TAG_ATTEMPT: str(attempt),
+            keys.STUDY: self.study_id,
+            keys.STUDY_ROLE: "child",
+            keys.SUBJECT: c.subject.id,
+            keys.PIPELINE: c.pipeline.name,
+            keys.DEVICE: c.device,
+            keys.STUDY_PARAMS_HASH: c.params_hash,
+            keys.STUDY_ATTEMPT: str(attempt),
         }
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=c.run_name)
         run_id = run.info.run_id
@@ -220,7 +200,7 @@ class Study:
         for run in runs:
             if run.info.status in TERMINAL:
                 continue
-            job = run.data.tags.get(TAG_JOB_ID, "")
+            job = run.data.tags.get(keys.SLURM_JOB_ID, "")
             if job:
                 try:
                     slurm._run(["scancel", job])
@@ -267,7 +247,7 @@ class Study:
                         f"study {self.study_id}: submitted {len(group)} task(s) as SLURM job {job.job_id}"
                     )
                     for i, t in enumerate(job.tasks):
-                        self.client.set_tag(t.run_id, TAG_JOB_ID, job.task_job_id(i))
+                        self.client.set_tag(t.run_id, keys.SLURM_JOB_ID, job.task_job_id(i))
                     jobs.append(job)
             while not all(j.done for j in jobs):
                 for j in jobs:
@@ -358,21 +338,23 @@ class Study:
 
         states = [s for _, s in latest.values()]
         counts = {
-            M_CHILDREN: len(self.children),
-            M_FINISHED: states.count(FINISHED),
-            M_FAILED: states.count(FAILED),
-            M_KILLED: states.count(KILLED) + (len(self.children) - len(latest)),
-            M_SKIPPED: skipped,
-            M_SUBMITTED: submitted,
+            keys.STUDY_CHILDREN: len(self.children),
+            keys.STUDY_FINISHED: states.count(FINISHED),
+            keys.STUDY_FAILED: states.count(FAILED),
+            keys.STUDY_KILLED: states.count(KILLED) + (len(self.children) - len(latest)),
+            keys.STUDY_SKIPPED: skipped,
+            keys.STUDY_SUBMITTED: submitted,
         }
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in counts.items()] + [Metric(M_WALL, wall_s, now, 0)]
+        metrics = [Metric(k, float(v), now, 0) for k, v in counts.items()] + [
+            Metric(keys.STUDY_WALL_S, wall_s, now, 0)
+        ]
         self._report_md = ""
         try:
             self.client.log_batch(parent, metrics=metrics)
             self._artifacts(parent, latest)
         finally:
-            if status == FINISHED and counts[M_FINISHED] < len(self.children):
+            if status == FINISHED and counts[keys.STUDY_FINISHED] < len(self.children):
                 status = FAILED
             self.client.set_terminated(parent, status)
         names = {latest[c.key][0]: c.run_name for c in self.children if c.key in latest}
@@ -383,30 +365,27 @@ class Study:
         if len(failed) > 10:
             self.log(f"  ... and {len(failed) - 10} more failed children (study/children.csv)")
         self.log(
-            f"study {self.study_id}: {counts[M_FINISHED]} finished, {counts[M_FAILED]} failed, "
-            f"{counts[M_KILLED]} killed of {len(self.children)} ({skipped} skipped, {submitted} submitted)"
+            f"study {self.study_id}: {counts[keys.STUDY_FINISHED]} finished, {counts[keys.STUDY_FAILED]} failed, "
+            f"{counts[keys.STUDY_KILLED]} killed of {len(self.children)} ({skipped} skipped, {submitted} submitted)"
         )
         return counts
 
     def _artifacts(self, parent: str, latest: dict) -> None:
         """children.csv (every planned child), the comparison table (markdown, CSV) and plots."""
         from mlflow_wattsup.report import build, fetch_runs, plots, to_csv, to_markdown
+        from mlflow_wattsup.report.table import csv_text
 
         out = self.workdir / "report"
         out.mkdir(parents=True, exist_ok=True)
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["subject", "pipeline", "device", "params_hash", "run_id", "status"])
-        for c in self.children:
-            run_id, st = latest.get(c.key, ("", KILLED))
-            w.writerow([*c.key, run_id, st])
-        (out / "children.csv").write_text(buf.getvalue(), encoding="utf-8")
+        head = ["subject", "pipeline", "device", "params_hash", "run_id", "status"]
+        rows = [[*c.key, *latest.get(c.key, ("", KILLED))] for c in self.children]
+        (out / "children.csv").write_text(csv_text(head, rows, newline="\n"), encoding="utf-8")
         finished = {run_id for run_id, st in latest.values() if st == FINISHED}
         rows = [
             r
             for r in fetch_runs(
                 experiment_ids=[self.experiment_id],
-                filter_string=f"tags.`{TAG_STUDY}` = '{_q(self.study_id)}' and tags.`{TAG_ROLE}` = 'child'",
+                filter_string=f"tags.`{keys.STUDY}` = '{_q(self.study_id)}' and tags.`{keys.STUDY_ROLE}` = 'child'",
                 tracking_uri=self.uri,
             )
             if r.run_id in finished
@@ -439,11 +418,11 @@ class Study:
             c = by_run.get(r.run_id)
             if c is None:
                 continue
-            tags = {TAG_SUBJECT: c.subject.id, TAG_PIPELINE: c.pipeline.name, TAG_DEVICE: c.device}
+            tags = {keys.SUBJECT: c.subject.id, keys.PIPELINE: c.pipeline.name, keys.DEVICE: c.device}
             if all(r.tags.get(k) == v for k, v in tags.items()):
                 continue
-            if r.tags.get(TAG_PIPELINE) not in (None, c.pipeline.name):
-                tags[TAG_PROJECT_PIPELINE] = r.tags[TAG_PIPELINE]
+            if r.tags.get(keys.PIPELINE) not in (None, c.pipeline.name):
+                tags[keys.STUDY_PROJECT_PIPELINE] = r.tags[keys.PIPELINE]
             self.client.log_batch(r.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             r.tags.update(tags)
 
@@ -462,7 +441,7 @@ def _last_line(path: str) -> str:
 
 def exit_code_of(client, run_id: str) -> int | None:
     tags = client.get_run(run_id).data.tags
-    return int(tags[TAG_EXIT_CODE]) if tags.get(TAG_EXIT_CODE, "").lstrip("-").isdigit() else None
+    return int(tags[keys.EXIT_CODE]) if tags.get(keys.EXIT_CODE, "").lstrip("-").isdigit() else None
 
 
 def default_max_jobs(cpus_per_job: int = 1) -> int:

@@ -11,7 +11,7 @@ import pytest
 from support.helpers import wattsup
 from support.importers import cc_csv
 
-from mlflow_wattsup.report import description, links
+from mlflow_wattsup.report import artifacts, links, notes, numbers, parent_note, run_note
 from mlflow_wattsup.run import datasets
 
 ESTIMATED = {
@@ -68,7 +68,7 @@ def measured():
 
 
 def test_estimated_run_says_so_first_and_how():
-    text = description.run_markdown(**ESTIMATED, version="9.9")
+    text = run_note.run_markdown(**ESTIMATED, version="9.9")
     first = text.splitlines()[0]
     assert first.startswith("**0.0065 Wh (estimated) · 0.00309 g CO2eq · Dice 0.863 · 15.2 s**")
     assert "CPU **estimated** (4 W per busy logical CPU x CPU time, default)" in text
@@ -83,7 +83,7 @@ def test_estimated_run_says_so_first_and_how():
 
 
 def test_measured_run_names_its_meters_and_never_says_estimated():
-    text = description.run_markdown(**measured())
+    text = run_note.run_markdown(**measured())
     assert text.splitlines()[0].startswith("**0.0065 Wh · ")  # measured: no label
     assert "CPU measured (RAPL counters)" in text and "GPU measured (NVML energy counter)" in text
     assert "estimated" not in text.replace("FLOPs of training (estimated", "")
@@ -96,46 +96,46 @@ def test_imported_and_partly_estimated_runs_say_where_the_energy_came_from():
     imp["tags"].update(
         {"wattsup.source.cpu": "import-eit", "wattsup.source.ram": "none", "wattsup.import.tool": "eit 0.1.9"}
     )
-    text = description.run_markdown(**imp)
+    text = run_note.run_markdown(**imp)
     assert "(imported)" in text.splitlines()[0] and "CPU imported (eit)" in text and "eit 0.1.9" in text
     part = json.loads(json.dumps(ESTIMATED))
     part["tags"].update(
         {"wattsup.source.cpu": "rapl+estimate", "wattsup.warning.cpu": "RAPL vanished at 12 s"}
     )
-    text = description.run_markdown(**part)
+    text = run_note.run_markdown(**part)
     assert "(estimated)" in text.splitlines()[0]  # the report's basis: CPU partly estimated is estimated
     assert "then **estimated** after a meter failure" in text
     assert "**Warning** (cpu): RAPL vanished at 12 s" in text
 
 
 def test_a_run_without_energy_gets_no_description():
-    assert description.run_markdown({"loss": 1.0}, {}, {}) is None
+    assert run_note.run_markdown({"loss": 1.0}, {}, {}) is None
 
 
 def test_markdown_special_characters_in_values_do_not_break_the_page():
     odd = json.loads(json.dumps(ESTIMATED))
     odd["tags"]["wattsup.pipeline"] = "a|b <script>"
-    text = description.run_markdown(**odd)
+    text = run_note.run_markdown(**odd)
     assert "<script>" not in text and "a\\|b &lt;script>" in text
 
 
 def test_note_we_wrote_is_rewritten_but_a_users_is_kept(client, tracking_uri):
     run_id = client.create_run(client.create_experiment("notes")).info.run_id
-    assert description.note_owner(None) == "none"
-    assert description.write_note(client, run_id, "first")
-    note = client.get_run(run_id).data.tags[description.NOTE_TAG]
-    assert note.startswith("first\n") and description.note_owner(note) == "ours"
-    assert description.write_note(client, run_id, "second")  # ours: regenerated
+    assert notes.note_owner(None) == "none"
+    assert notes.write_note(client, run_id, "first")
+    note = client.get_run(run_id).data.tags[notes.NOTE_TAG]
+    assert note.startswith("first\n") and notes.note_owner(note) == "ours"
+    assert notes.write_note(client, run_id, "second")  # ours: regenerated
     # the user edits our text in the UI (the hidden marker stays): now it is theirs
-    edited = client.get_run(run_id).data.tags[description.NOTE_TAG].replace("second", "my notes")
-    client.set_tag(run_id, description.NOTE_TAG, edited)
-    assert description.note_owner(edited) == "user"
-    assert not description.write_note(client, run_id, "third")
-    assert client.get_run(run_id).data.tags[description.NOTE_TAG] == edited
+    edited = client.get_run(run_id).data.tags[notes.NOTE_TAG].replace("second", "my notes")
+    client.set_tag(run_id, notes.NOTE_TAG, edited)
+    assert notes.note_owner(edited) == "user"
+    assert not notes.write_note(client, run_id, "third")
+    assert client.get_run(run_id).data.tags[notes.NOTE_TAG] == edited
     # a description written from scratch (no marker) is the user's too
-    client.set_tag(run_id, description.NOTE_TAG, "hand written")
-    assert not description.write_note(client, run_id, "fourth")
-    assert client.get_run(run_id).data.tags[description.NOTE_TAG] == "hand written"
+    client.set_tag(run_id, notes.NOTE_TAG, "hand written")
+    assert not notes.write_note(client, run_id, "fourth")
+    assert client.get_run(run_id).data.tags[notes.NOTE_TAG] == "hand written"
 
 
 def test_describe_run_on_a_tracked_run(client, tracking_uri, experiment):
@@ -143,12 +143,12 @@ def test_describe_run_on_a_tracked_run(client, tracking_uri, experiment):
 
     with mlflow_wattsup.track("d", experiment=experiment) as t:
         sum(range(10**5))
-    assert description.describe_run(client, t.run_id)
+    assert run_note.describe_run(client, t.run_id)
     run = client.get_run(t.run_id)
-    note = run.data.tags[description.NOTE_TAG]
+    note = run.data.tags[notes.NOTE_TAG]
     src = run.data.tags["wattsup.source.cpu"]
-    assert description.fmt_energy_kwh(run.data.metrics["energy_kwh"]) in note.splitlines()[0]
-    assert description.source_words(src) in note
+    assert numbers.energy_kwh(run.data.metrics["energy_kwh"]) in note.splitlines()[0]
+    assert run_note.source_words(src) in note
     assert ("estimated" in note.splitlines()[0]) == ("estimate" in src)
 
 
@@ -174,8 +174,8 @@ def test_parent_gets_the_table_of_its_children(client, tracking_uri):
             params=[Param(k, v) for k, v in ex["params"].items()],
             tags=[RunTag(k, v) for k, v in {**ex["tags"], "wattsup.pipeline": pipe}.items()],
         )
-    assert description.describe_parent(client, parent, "my study")
-    note = client.get_run(parent).data.tags[description.NOTE_TAG]
+    assert parent_note.describe_parent(client, parent, "my study")
+    note = client.get_run(parent).data.tags[notes.NOTE_TAG]
     assert note.startswith(
         "**3 runs: 0.13 Wh (estimated) · 0.0617 g CO2eq in all** · best Dice 0.920: cnn at 0.07 Wh"
     )
@@ -192,10 +192,10 @@ def test_report_html_is_a_standalone_page(client, tracking_uri):
     from mlflow_wattsup.report import RunRow, build
 
     table = build([RunRow("r", {"energy_kwh": 1e-5}, {"wattsup.pipeline": "x<y"}, {})], runtime_unit="s")
-    page = description.report_html(table, "A & B")
+    page = artifacts.report_html(table, "A & B")
     assert page.startswith("<!DOCTYPE html>") and "<title>A &amp; B</title>" in page and "x&lt;y" in page
     run_id = client.create_run(client.create_experiment("html")).info.run_id
-    assert description.log_report(client, run_id, table, "t") == ["wattsup/report.md", "wattsup/report.html"]
+    assert artifacts.log_report(client, run_id, table, "t") == ["wattsup/report.md", "wattsup/report.html"]
     assert {a.path for a in client.list_artifacts(run_id, "wattsup")} == {
         "wattsup/report.md",
         "wattsup/report.html",
@@ -308,7 +308,7 @@ def test_import_honours_mlflow_experiment_name_and_describes_runs(tmp_path, clie
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None and client.get_experiment_by_name("codecarbon-import") is None
     [run] = client.search_runs([exp.experiment_id])
-    note = run.data.tags[description.NOTE_TAG]
+    note = run.data.tags[notes.NOTE_TAG]
     assert "(imported)" in note.splitlines()[0] and "CPU imported (codecarbon)" in note
     assert (
         f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=wattsup"
@@ -341,7 +341,7 @@ def test_demo_launched_into_default_moves_to_its_own_experiment(client, tracking
     assert run.data.params == {"epochs": "1"}
     moved = client.get_run(launcher)
     assert moved.info.run_name == f"demo launcher (runs in {demo.EXPERIMENT})"
-    assert links.run_fragment(exp_id, parent) in moved.data.tags[description.NOTE_TAG]
+    assert links.run_fragment(exp_id, parent) in moved.data.tags[notes.NOTE_TAG]
     # launched with --experiment-name: that run is the parent, renamed for what it is
     named = client.create_run(client.create_experiment("chosen"), run_name="random-name-1").info.run_id
     assert demo.parent_run(client, named, "demo: t", {})[1:] == (named, False)

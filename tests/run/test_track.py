@@ -69,7 +69,8 @@ def test_decorator_makes_one_run_per_call(client, experiment):
     assert len(runs) == 2 and {r.info.run_name for r in runs} == {"step"}
 
 
-def test_attaches_to_active_run_and_leaves_it_open(client, experiment):
+def test_attaches_to_active_run_and_leaves_it_open(client, experiment, monkeypatch):
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")  # undone at the end: set_experiment sets it
     mlflow.set_experiment(experiment)
     with mlflow.start_run() as run:
         with mlflow_wattsup.track():

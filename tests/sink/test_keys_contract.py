@@ -72,3 +72,47 @@ def test_key_names_are_spelled_only_in_the_keys_module():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and key_like.match(node.value):
                 found.append(f"{path.relative_to(pkg)}:{node.lineno}: {node.value}")
     assert not found, "key names spelled outside sink/keys.py:\n" + "\n".join(found)
+
+
+def test_no_module_aliases_a_key_or_builds_one_from_the_prefix():
+    """A key under a second name (``TAG_X = keys.X``) or spelled from the bare prefix
+    (``keys.PREFIX + "cpu_model"``, ``f"{keys.PREFIX}dice.names"``) is a second spelling too:
+    callers use ``keys.X`` or a builder of sink/keys.py."""
+    import ast
+
+    def is_keys_attr(node, name=None):
+        return (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "keys"
+            and (name is None or node.attr == name)
+        )
+
+    pkg = REPO / "mlflow_wattsup"
+    found = []
+    for path in sorted(pkg.rglob("*.py")):
+        if path == pkg / "sink" / "keys.py":
+            continue
+        tree = ast.parse(path.read_text())
+        scopes = [tree] + [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+        for scope in scopes:
+            for node in scope.body:
+                if isinstance(node, ast.Assign) and is_keys_attr(node.value):
+                    found.append(f"{path.relative_to(pkg)}:{node.lineno}: alias of keys.{node.value.attr}")
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.BinOp)
+                and is_keys_attr(node.left, "PREFIX")
+                and isinstance(node.right, ast.Constant)
+                and re.match(r"[a-z_]", str(node.right.value))  # a key, not a SQL pattern
+            ):
+                found.append(f"{path.relative_to(pkg)}:{node.lineno}: keys.PREFIX + {node.right.value!r}")
+            if isinstance(node, ast.JoinedStr):
+                parts = node.values
+                for a, b in zip(parts, parts[1:], strict=False):
+                    if isinstance(a, ast.FormattedValue) and is_keys_attr(a.value, "PREFIX"):
+                        if isinstance(b, ast.Constant) and re.match(r"[a-z_]", str(b.value)):
+                            found.append(
+                                f"{path.relative_to(pkg)}:{node.lineno}: f'{{keys.PREFIX}}{b.value}'"
+                            )
+    assert not found, "keys aliased or spelled outside sink/keys.py:\n" + "\n".join(found)

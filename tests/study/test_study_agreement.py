@@ -5,12 +5,12 @@ hand (ICC from the two-way ANOVA mean squares written out, not our function)."""
 
 import csv
 import io
-import math
 import sys
 from pathlib import Path
 
 import mlflow
 import pytest
+from support.by_hand import icc21_by_hand, r_by_hand
 from support.contract import documented, undocumented
 from support.helpers import wattsup
 from support.stats_files import (
@@ -22,7 +22,7 @@ from support.stats_files import (
 )
 
 from mlflow_wattsup.study import plan as planning
-from mlflow_wattsup.study.agreement import parse_pairs
+from mlflow_wattsup.study.pairing import parse_pairs
 
 SUBJECTS = ["sub-01", "sub-02", "sub-03", "sub-04", "sub-05"]
 SCALE = [0.92, 1.00, 1.07, 0.97, 1.11]  # head size (volumes)
@@ -91,27 +91,6 @@ def stub_project(root: Path) -> Path:
         f'    command: "{py} stub.py freesurfer {{sid}} {{subjects_dir}}"\n'
     )
     return root
-
-
-def r_by_hand(x, y):
-    n = len(x)
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
-    return sxy / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
-
-
-def icc21_by_hand(x, y):
-    """Shrout & Fleiss ICC(2,1): n subjects x k = 2 pipelines, two-way ANOVA mean squares."""
-    rows = [(a, b) for a, b in zip(x, y, strict=True)]
-    n, k = len(rows), 2
-    grand = sum(a + b for a, b in rows) / (n * k)
-    ss_subjects = k * sum(((a + b) / 2 - grand) ** 2 for a, b in rows)
-    ss_pipelines = n * sum((sum(r[j] for r in rows) / n - grand) ** 2 for j in range(k))
-    ss_total = sum((v - grand) ** 2 for r in rows for v in r)
-    ms_subjects = ss_subjects / (n - 1)
-    ms_pipelines = ss_pipelines / (k - 1)
-    ms_error = (ss_total - ss_subjects - ss_pipelines) / ((n - 1) * (k - 1))
-    return (ms_subjects - ms_error) / (ms_subjects + (k - 1) * ms_error + k * (ms_pipelines - ms_error) / n)
 
 
 def children(client, experiment):
@@ -259,7 +238,7 @@ def test_study_agreement_of_two_pipelines_by_hand_with_a_failure_then_resume(
         y = [get(freesurfer_values(i)) for i in range(5)]
         row = rows[(measure, name)]
         assert int(row["n"]) == 5
-        r_, icc = r_by_hand(x, y), icc21_by_hand(x, y)
+        r_, icc = r_by_hand(x, y), icc21_by_hand([[a, b] for a, b in zip(x, y, strict=True)])
         assert float(row["pearson_r"]) == pytest.approx(r_, rel=1e-5)
         assert float(row["icc_2_1"]) == pytest.approx(icc, rel=1e-5)
         assert float(row["mean_diff"]) == pytest.approx(
@@ -319,8 +298,9 @@ def test_devices_pair_with_the_reference_and_a_runs_own_dice_is_kept(env, client
     of its own keeps it."""
     import shutil
 
+    from mlflow_wattsup.sink.transport import Store
     from mlflow_wattsup.study import subjects as subj
-    from mlflow_wattsup.study.agreement import StudyAgreement
+    from mlflow_wattsup.study.pairing import StudyAgreement
 
     subjects = subj.from_tsv(env["tsv"])
     fa = planning.Pipeline.parse(f"fastsurfer={env['project']}#fastsurfer")
@@ -343,9 +323,7 @@ def test_devices_pair_with_the_reference_and_a_runs_own_dice_is_kept(env, client
     client.log_metric(latest[own.key][0], "dice_labels_n", 3)
     client.log_metric(latest[own.key][0], "dice/Left-Hippocampus", 0.91)
     said = []
-    sa = StudyAgreement(
-        client, client.tracking_uri, exp_id, [("fastsurfer", "freesurfer")], kids, said.append, tmp_path
-    )
+    sa = StudyAgreement(Store(client), exp_id, [("fastsurfer", "freesurfer")], kids, said.append, tmp_path)
     sa.compare(latest)
     assert "10 subject(s) compared now, 0 compared before, 0 not comparable" in said[-1]
     ref = {c.subject.id: latest[c.key][0] for c in kids if c.pipeline is fs}
@@ -370,8 +348,8 @@ def test_devices_pair_with_the_reference_and_a_runs_own_dice_is_kept(env, client
     row = next(r for r in gpu.rows if r.name == "ctx-rh-insula")
     x = [fastsurfer_values(i)[1]["rh"]["insula"] for i in range(5)]
     y = [freesurfer_values(i)[1]["rh"]["insula"] for i in range(5)]
-    assert row.icc == pytest.approx(icc21_by_hand(x, y), rel=1e-9) and row.r == pytest.approx(
-        r_by_hand(x, y), rel=1e-9
-    )
+    assert row.icc == pytest.approx(
+        icc21_by_hand([[a, b] for a, b in zip(x, y, strict=True)]), rel=1e-9
+    ) and row.r == pytest.approx(r_by_hand(x, y), rel=1e-9)
     sa.compare(latest)  # again: nothing new
     assert "0 subject(s) compared now, 10 compared before" in said[-1]

@@ -14,14 +14,12 @@ MSR: between-subjects mean square, MSC: between-pipelines mean square, MSE: resi
 Unlike r, it drops when one pipeline is offset from the other. Both are left undefined (None)
 below :data:`MIN_SUBJECTS` subjects or when the values do not vary.
 
-Pure functions (numpy only): no MLflow, no pandas. The tables render as markdown, HTML or CSV.
+Pure functions (numpy only): no MLflow, no pandas. The tables are written by
+:mod:`mlflow_wattsup.report.agreement_table`.
 """
 
 from __future__ import annotations
 
-import csv
-import html
-import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -143,22 +141,6 @@ class Comparison:
         d = [abs(p.reldiff) for p in self.compared if p.reldiff is not None]
         return float(np.mean(d)) if d else None
 
-    def to_csv(self) -> str:
-        unit = MEASURES[self.measure]
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["name", f"run_{unit}", f"reference_{unit}", f"diff_{unit}", "reldiff", "note"])
-        for p in self.pairs:
-            note = "" if p.diff is not None else ("run only" if p.reference is None else "reference only")
-            w.writerow([p.name, _num(p.run), _num(p.reference), _num(p.diff), _num(p.reldiff), note])
-        for name in self.empty_both:
-            w.writerow([name, 0, 0, "", "", "empty in both: not compared"])
-        return buf.getvalue()
-
-
-def _num(x: float | None) -> str:
-    return "" if x is None else f"{x:.6g}"
-
 
 def compare(run: Mapping[str, float], reference: Mapping[str, float], measure: str) -> Comparison:
     """Pair ``run`` and ``reference`` values by name. A structure that is 0 in both is not
@@ -213,109 +195,6 @@ class AgreementTable:
             "icc_median": float(np.median(iccs)) if iccs else None,
             "icc_min": float(min(iccs)) if iccs else None,
         }
-
-    def header(self) -> list[str]:
-        return [
-            "Measure",
-            "Structure",
-            "N",
-            f"Mean {self.a}",
-            f"Mean {self.b}",
-            f"Mean diff ({self.a} - {self.b})",
-            "Pearson r",
-            "ICC(2,1)",
-        ]
-
-    def _cells(self, r: RegionAgreement) -> list[str]:
-        digits = 1 if r.measure == "volume" else 3
-        unit = "mm³" if r.measure == "volume" else "mm"
-
-        def v(x: float) -> str:
-            return f"{x:.{digits}f}"
-
-        def c(x: float | None) -> str:
-            return "n/a" if x is None else f"{x:.3f}"
-
-        return [
-            f"{r.measure} ({unit})",
-            r.name,
-            str(r.n),
-            v(r.mean_a),
-            v(r.mean_b),
-            v(r.mean_diff),
-            c(r.r),
-            c(r.icc),
-        ]
-
-    def notes(self) -> list[str]:
-        out = [
-            f"{self.a} against {self.b} over {len(self.subjects)} subject(s) with both; "
-            "ICC(2,1): two-way random, absolute agreement, single measure. "
-            f"r and ICC need at least {MIN_SUBJECTS} subjects (else n/a)."
-        ]
-        for m in MEASURES:
-            s = self.summary(m)
-            if s["regions_n"]:
-                out.append(
-                    f"{m}: {s['regions_n']} {'structures' if m == 'volume' else 'regions'}, median r "
-                    f"{_fmt(s['r_median'])}, "
-                    f"median ICC {_fmt(s['icc_median'])}, lowest ICC {_fmt(s['icc_min'])}"
-                )
-        if self.unpaired:
-            only = ", ".join(f"{s} ({p} only)" for s, p in sorted(self.unpaired.items()))
-            out.append(f"not paired: {only}")
-        return out + self.extra_notes
-
-    def to_markdown(self) -> str:
-        lines = [f"### Agreement: {self.a} vs {self.b}", ""]
-        lines += [f"- {n}" for n in self.notes()]
-        lines.append("")
-        if not self.rows:
-            lines.append("No structure measured by both pipelines in any subject.")
-            return "\n".join(lines) + "\n"
-        lines.append("| " + " | ".join(self.header()) + " |")
-        lines.append("|" + "|".join(["---", "---"] + ["---:"] * 6) + "|")
-        lines += ["| " + " | ".join(self._cells(r)) + " |" for r in self.rows]
-        return "\n".join(lines) + "\n"
-
-    def to_html(self) -> str:
-        e = html.escape
-        parts = [f"<h3>Agreement: {e(self.a)} vs {e(self.b)}</h3>", "<ul>"]
-        parts += [f"<li>{e(n)}</li>" for n in self.notes()]
-        parts.append("</ul>")
-        if not self.rows:
-            parts.append("<p>No structure measured by both pipelines in any subject.</p>")
-            return "\n".join(parts) + "\n"
-        parts.append('<table class="wattsup-agreement">')
-        parts.append("<tr>" + "".join(f"<th>{e(h)}</th>" for h in self.header()) + "</tr>")
-        for r in self.rows:
-            parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in self._cells(r)) + "</tr>")
-        parts.append("</table>")
-        return "\n".join(parts) + "\n"
-
-    def to_csv(self) -> str:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["measure", "unit", "name", "n", "mean_a", "mean_b", "mean_diff", "pearson_r", "icc_2_1"])
-        for r in self.rows:
-            w.writerow(
-                [r.measure, MEASURES[r.measure], r.name, r.n]
-                + [_num(x) for x in (r.mean_a, r.mean_b, r.mean_diff, r.r, r.icc)]
-            )
-        return buf.getvalue()
-
-    def render(self, fmt: str = "markdown") -> str:
-        if fmt in ("markdown", "md"):
-            return self.to_markdown()
-        if fmt == "html":
-            return self.to_html()
-        if fmt == "csv":
-            return self.to_csv()
-        raise ValueError(f"format must be markdown, html or csv, got {fmt!r}")
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
 
 
 #: values[subject][pipeline][measure] -> {structure: value}

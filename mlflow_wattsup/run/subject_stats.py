@@ -1,91 +1,42 @@
-"""Log a run's volumes and cortical thickness, and their agreement with a reference
-subject directory; compute and render the agreement of two pipelines across a study's subjects.
+"""Log a run's volumes and cortical thickness (read from its subject directory's FreeSurfer-format
+stats files), and their agreement with a reference subject directory (the other pipeline's output
+for the same subject, or a user's).
 
-Per run (:func:`log_agreement`): the run's own values (``volume_mm3/<structure>``,
-``thickness_mm/<region>``, from its subject directory's FreeSurfer-format stats files), and with a
-reference subject directory (the other pipeline's output for the same subject, or a user's) the
-differences run - reference per structure and their means, the tables as CSV artifacts, and tags
-saying which files were compared and what could not be (no surfaces in ``--seg_only``, recon-all
-stopped before the stats...).
-
-Across runs (:func:`study_agreement`): any MLflow runs tagged ``wattsup.subject`` and
-``wattsup.pipeline`` that logged their own values are paired by subject, and per structure N,
-means, mean difference, Pearson r and ICC(2,1) of pipeline a against b are computed
-(:mod:`mlflow_wattsup.analysis.agreement`) and rendered (markdown, HTML, CSV).
+:func:`log_agreement` logs the run's own values (``volume_mm3/<structure>``,
+``thickness_mm/<region>``), and with a reference the differences run - reference per structure
+and their means, the tables as CSV artifacts, Dice of the two segmentations, and tags saying which
+files were compared and what could not be (no surfaces in ``--seg_only``, recon-all stopped before
+the stats...). The agreement of two pipelines across a study's subjects is read back from these
+values by :mod:`mlflow_wattsup.report.agreement_table`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow_wattsup.analysis import fsstats
-from mlflow_wattsup.analysis.agreement import MEASURES, AgreementTable, Comparison, compare, cross_subject
+from mlflow_wattsup.analysis.agreement_stats import MEASURES, Comparison, compare
+from mlflow_wattsup.report.agreement_table import comparison_csv
 from mlflow_wattsup.sink import keys
 
-_KEY_OK = re.compile(r"[^A-Za-z0-9_\-.]")
-
-# -- every key this module logs (docs/metrics.md, "Volumes, thickness and agreement") ---------------
-#: per-structure metric prefixes: the run's own values, and its difference from the reference
-VALUE_PREFIX = {"volume": "volume_mm3", "thickness": "thickness_mm"}
-DIFF_PREFIX = {"volume": "volume_diff_mm3", "thickness": "thickness_diff_mm"}
-#: summary metrics of one measure ("volume", "thickness"); unit "mm3" or "mm"
-COMPARED_N = "{measure}_compared_n"
-DIFF_MEAN = "{measure}_diff_mean_{unit}"
-ABSDIFF_MEAN = "{measure}_absdiff_mean_{unit}"
-ABSRELDIFF_MEAN = "{measure}_absreldiff_mean"
-STATS_TAG = keys.PREFIX + "stats.{measure}"  # the file(s) read, or n/a: why
-AGREE_REFERENCE = keys.PREFIX + "agree.reference"
-AGREE_TAG = (
-    keys.PREFIX + "agree.{measure}"
-)  # what was compared, or n/a: why (measure: volume, thickness, dice)
-AGREE_UNMATCHED = keys.PREFIX + "agree.{measure}_unmatched"
-WARNING_TAG = keys.warning_tag("agreement")
 TABLE_ARTIFACT = "wattsup/agreement_{measure}.csv"
 #: the DKT+aseg segmentation of a subject directory, in order of preference: FreeSurfer's (and a
 #: full FastSurfer run's link to its mapped one), then FastSurfer's network output (``--seg_only``)
 SEG_FILES = ("mri/aparc.DKTatlas+aseg.mgz", "mri/aparc.DKTatlas+aseg.deep.mgz")
-SUBJECT_TAG = keys.SUBJECT
-PIPELINE_TAG = keys.PIPELINE
-
-
-def key_part(name: str) -> str:
-    """A structure name as one MLflow key segment (other characters than ``A-Za-z0-9_-.`` -> ``_``)."""
-    return _KEY_OK.sub("_", name)
-
-
-def value_metrics(stats: fsstats.SubjectStats) -> dict[str, float]:
-    out = {f"{VALUE_PREFIX['volume']}/{key_part(k)}": v for k, v in stats.volumes_mm3.items()}
-    out.update({f"{VALUE_PREFIX['thickness']}/{key_part(k)}": v for k, v in stats.thickness_mm.items()})
-    return out
 
 
 def value_tags(stats: fsstats.SubjectStats) -> dict[str, str]:
     return {
-        STATS_TAG.format(measure="volume"): stats.volume_file or f"n/a: {stats.volume_missing}",
-        STATS_TAG.format(measure="thickness"): (
+        keys.stats_tag("volume"): stats.volume_file or f"n/a: {stats.volume_missing}",
+        keys.stats_tag("thickness"): (
             ", ".join(stats.thickness_files)
             + (f" (and {stats.thickness_missing})" if stats.thickness_missing else "")
             if stats.thickness_files
             else f"n/a: {stats.thickness_missing}"
         ),
     }
-
-
-def comparison_metrics(c: Comparison) -> dict[str, float]:
-    unit = MEASURES[c.measure]
-    out = {f"{DIFF_PREFIX[c.measure]}/{key_part(p.name)}": p.diff for p in c.compared}
-    out[COMPARED_N.format(measure=c.measure)] = c.n
-    if c.n:
-        out[DIFF_MEAN.format(measure=c.measure, unit=unit)] = c.mean_diff()
-        out[ABSDIFF_MEAN.format(measure=c.measure, unit=unit)] = c.mean_absdiff()
-        rel = c.mean_absreldiff()
-        if rel is not None:
-            out[ABSRELDIFF_MEAN.format(measure=c.measure)] = rel
-    return out
 
 
 def _unmatched(c: Comparison) -> str:
@@ -182,18 +133,18 @@ def agreement(
     """Read and compare (see :func:`log_agreement`); raises
     :class:`~mlflow_wattsup.analysis.fsstats.StatsFormatError` for a malformed stats file."""
     run, ref, comps = agreement_values(subject_dir, reference_dir)
-    metrics = value_metrics(run)
+    metrics = keys.subject_value_metrics(run.volumes_mm3, run.thickness_mm)
     tags = value_tags(run)
     if ref is not None:
-        tags[AGREE_REFERENCE] = str(Path(reference_dir).resolve())
-        tags[AGREE_TAG.format(measure="volume")] = _status(
+        tags[keys.AGREE_REFERENCE] = str(Path(reference_dir).resolve())
+        tags[keys.agree_tag("volume")] = _status(
             run.volume_file or "",
             ref.volume_file or "",
             run.volume_missing,
             ref.volume_missing,
             comps.get("volume"),
         )
-        tags[AGREE_TAG.format(measure="thickness")] = _status(
+        tags[keys.agree_tag("thickness")] = _status(
             ", ".join(run.thickness_files),
             ", ".join(ref.thickness_files),
             None if run.thickness_mm else run.thickness_missing,
@@ -201,14 +152,14 @@ def agreement(
             comps.get("thickness"),
         )
         for measure, c in comps.items():
-            metrics.update(comparison_metrics(c))
+            metrics.update(keys.comparison_metrics(c, MEASURES[measure]))
             unmatched = _unmatched(c)
             if unmatched:
-                tags[AGREE_UNMATCHED.format(measure=measure)] = unmatched
-    tables = {TABLE_ARTIFACT.format(measure=m): c.to_csv() for m, c in comps.items()}
+                tags[keys.agree_unmatched_tag(measure)] = unmatched
+    tables = {TABLE_ARTIFACT.format(measure=m): comparison_csv(c) for m, c in comps.items()}
     scored = []
     if ref is not None and dice:
-        scored, tags[AGREE_TAG.format(measure="dice")] = dice_against(subject_dir, reference_dir)
+        scored, tags[keys.agree_tag("dice")] = dice_against(subject_dir, reference_dir)
     return AgreementResult(metrics, tags, tables, comps, scored)
 
 
@@ -251,99 +202,11 @@ def log_agreement(
         try:
             result = agreement(subject_dir, reference_dir, dice)
         except fsstats.StatsFormatError as exc:
-            sink.set_tags({WARNING_TAG: str(exc)})
+            sink.set_tags({keys.WARNING_AGREEMENT: str(exc)})
             return {"error": str(exc)}
         except Exception as exc:  # extra information: never lose the run's measurement for it
             msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            sink.set_tags({WARNING_TAG: msg})
+            sink.set_tags({keys.WARNING_AGREEMENT: msg})
             return {"error": msg}
         log_result(sink, result)
         return result.metrics
-
-
-# -- across a study -------------------------------------------------------------------------------
-
-
-def values_from_runs(runs: Iterable, pipelines: Sequence[str] | None = None) -> tuple[dict, list[str]]:
-    """``values[subject][pipeline][measure] = {structure: value}`` from MLflow runs (``Run``
-    objects) tagged ``wattsup.subject`` and ``wattsup.pipeline``; per (subject, pipeline) the
-    latest run that logged values is used. Also returns notes (runs skipped and why)."""
-    chosen: dict[tuple[str, str], object] = {}
-    notes = []
-    for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
-        subject, pipeline = tags.get(SUBJECT_TAG), tags.get(PIPELINE_TAG)
-        if not subject or not pipeline or (pipelines and pipeline not in pipelines):
-            continue
-        if not any(k.startswith(tuple(p + "/" for p in VALUE_PREFIX.values())) for k in metrics):
-            notes.append(f"run {run.info.run_id} ({pipeline}, {subject}) logged no volumes or thickness")
-            continue
-        prev = chosen.get((subject, pipeline))
-        if prev is not None:
-            notes.append(
-                f"{pipeline}, {subject}: several runs with values, the latest is used"
-                if prev.info.start_time != run.info.start_time
-                else f"{pipeline}, {subject}: several runs"
-            )
-        if prev is None or (run.info.start_time or 0) > (prev.info.start_time or 0):
-            chosen[(subject, pipeline)] = run
-    values: dict = {}
-    for (subject, pipeline), run in chosen.items():
-        per = {m: {} for m in MEASURES}
-        for k, v in run.data.metrics.items():
-            for m, prefix in VALUE_PREFIX.items():
-                if k.startswith(prefix + "/"):
-                    per[m][k[len(prefix) + 1 :]] = v
-        values.setdefault(subject, {})[pipeline] = per
-    return values, sorted(set(notes))
-
-
-def study_agreement(
-    experiment_ids: Sequence[str],
-    pipelines: Sequence[str] = ("fastsurfer", "freesurfer"),
-    client=None,
-    filter_string: str = "",
-) -> AgreementTable:
-    """Agreement of ``pipelines[0]`` with ``pipelines[1]`` across the subjects of the runs in
-    ``experiment_ids`` (finished runs only; ``filter_string`` narrows further, e.g. to a study)."""
-    from mlflow.tracking import MlflowClient
-
-    if len(pipelines) != 2:
-        raise ValueError(f"give two pipelines to compare, got {len(pipelines)}: {', '.join(pipelines)}")
-    client = client or MlflowClient()
-    clauses = ["attributes.status = 'FINISHED'"] + ([filter_string] if filter_string else [])
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            list(experiment_ids), " and ".join(clauses), max_results=1000, page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
-    values, notes = values_from_runs(runs, pipelines)
-    table = cross_subject(values, pipelines[0], pipelines[1])
-    table.extra_notes = notes
-    return table
-
-
-def agreement_block(
-    experiments: Sequence[str],
-    pipelines: Sequence[str] = ("fastsurfer", "freesurfer"),
-    fmt: str = "markdown",
-    filter_string: str = "",
-    tracking_uri: str | None = None,
-) -> str:
-    """The agreement table of experiment(s) (by name) rendered for a report, or ``""`` when no
-    subject has runs of both pipelines with logged values (so a report without them is unchanged)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    ids = []
-    for name in experiments:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise ValueError(f"no experiment named {name!r} at {client.tracking_uri}")
-        ids.append(exp.experiment_id)
-    table = study_agreement(ids, pipelines, client, filter_string)
-    return table.render(fmt) if table.subjects else ""

@@ -5,7 +5,7 @@ After the children have run, for every subject whose RUN child and REFERENCE chi
 FINISHED (the reference child on the same device if it has one, else its only device):
 
 - the RUN child gets its comparison with the reference child's subject directory
-  (:func:`~mlflow_wattsup.run.agreement.log_agreement`: its own volumes and thickness,
+  (:func:`~mlflow_wattsup.run.subject_stats.log_agreement`: its own volumes and thickness,
   the per-structure differences and their means, Dice of the two DKT+aseg segmentations unless
   the run already scored Dice against a reference of its own), and the tags
   ``wattsup.study.reference_run`` (the reference child's run id) and ``wattsup.study.subject_dir``;
@@ -20,7 +20,7 @@ named in the report's notes (and on stderr), never silently left out.
 
 The parent's ``study/report.md`` gets, under the cost table, per pair (and per device of RUN when
 it ran on several) the agreement across subjects: per structure N, means, mean difference, Pearson
-r and ICC(2,1) (:func:`~mlflow_wattsup.analysis.agreement.cross_subject`), also as
+r and ICC(2,1) (:func:`~mlflow_wattsup.analysis.agreement_stats.cross_subject`), also as
 ``study/agreement_<run>_vs_<reference>[_<device>].csv``.
 """
 
@@ -30,11 +30,16 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mlflow_wattsup.analysis.agreement import AgreementTable, cross_subject
-from mlflow_wattsup.run.agreement import AGREE_TAG, VALUE_PREFIX, WARNING_TAG, log_agreement
+from mlflow_wattsup.analysis.agreement_stats import AgreementTable, cross_subject
+from mlflow_wattsup.report import agreement_table
+from mlflow_wattsup.run.subject_stats import log_agreement
 from mlflow_wattsup.sink import keys
 from mlflow_wattsup.study.plan import Child, Pipeline, PlanError
+
+if TYPE_CHECKING:
+    from mlflow_wattsup.sink.transport import Store
 
 #: (subjects folder parameter, subject id parameter) of an entry point, in order of preference:
 #: FastSurfer's ``sd``/``sid``, FreeSurfer's ``subjects_dir``/``sid``
@@ -109,17 +114,19 @@ def _label(c: Child, with_device: bool) -> str:
 
 
 class StudyAgreement:
+    """The pairs of one study: who is compared with whom, the logging on the children, the
+    parent's tables. ``store``: the study's tracking store."""
+
     def __init__(
         self,
-        client,
-        tracking_uri: str,
+        store: Store,
         experiment_id: str,
         pairs: list[tuple[str, str]],
         children: list[Child],
         log: Callable[[str], None],
         base: str | Path | None = None,
     ):
-        self.client, self.uri, self.experiment_id = client, tracking_uri, str(experiment_id)
+        self.store, self.experiment_id = store, str(experiment_id)
         self.pairs, self.children, self.log = list(pairs), children, log
         self.base = Path(base or Path.cwd()).absolute()
 
@@ -146,13 +153,7 @@ class StudyAgreement:
         out = {}
         for i in range(0, len(ids), 100):
             flt = "attributes.run_id IN (" + ", ".join(f"'{r}'" for r in ids[i : i + 100]) + ")"
-            token = None
-            while True:
-                page = self.client.search_runs([self.experiment_id], flt, max_results=1000, page_token=token)
-                out.update({r.info.run_id: r for r in page})
-                token = page.token
-                if not token:
-                    break
+            out.update({r.info.run_id: r for r in self.store.search_runs([self.experiment_id], flt)})
         return out
 
     @staticmethod
@@ -187,13 +188,13 @@ class StudyAgreement:
             )
             return False
         try:
-            with target_run(run_id, tracking_uri=self.uri) as sink:
+            with target_run(run_id, store=self.store) as sink:
                 out = log_agreement(sink, mine, ref, dice=dice)
                 tags = {keys.STUDY_SUBJECT_DIR: str(mine)}
                 if reference is not None:
                     tags[keys.STUDY_REFERENCE_RUN] = reference_run
                     if not dice:
-                        tags[AGREE_TAG.format(measure="dice")] = (
+                        tags[keys.agree_tag("dice")] = (
                             "n/a: the run scored Dice against its own reference (dice/*), kept"
                         )
                 sink.set_tags(tags)
@@ -286,7 +287,7 @@ class StudyAgreement:
                         run = runs.get(self._state(latest, c)[0])
                         got = _values(run) if run is not None else None
                         if got is None:
-                            warn = run.data.tags.get(WARNING_TAG) if run is not None else None
+                            warn = run.data.tags.get(keys.WARNING_AGREEMENT) if run is not None else None
                             notes.append(
                                 f"{c.subject.id}: {c.pipeline.name} ({c.device}) logged no volumes or thickness"
                                 + (f" ({warn})" if warn else "")
@@ -302,7 +303,7 @@ class StudyAgreement:
     def write(self, parent: str, out: Path, latest: dict, report_md: str) -> str:
         """Tag the parent, write the CSV tables into ``out`` and the blocks under ``report_md``
         into ``out/report.md``; returns the report's markdown."""
-        self.client.set_tag(parent, keys.STUDY_AGREEMENT, ",".join(f"{a}:{b}" for a, b in self.pairs))
+        self.store.client.set_tag(parent, keys.STUDY_AGREEMENT, ",".join(f"{a}:{b}" for a, b in self.pairs))
         blocks = []
         try:
             tables = self.tables(latest)
@@ -310,8 +311,8 @@ class StudyAgreement:
             self.log(f"agreement: no table ({type(exc).__name__}: {_first_line(exc)})")
             return report_md
         for stem, table in tables:
-            (out / f"{stem}.csv").write_text(table.to_csv(), encoding="utf-8")
-            blocks.append(table.to_markdown())
+            (out / f"{stem}.csv").write_text(agreement_table.to_csv(table), encoding="utf-8")
+            blocks.append(agreement_table.to_markdown(table))
         md = "\n\n".join([report_md.rstrip("\n")] + blocks if report_md else blocks).rstrip("\n")
         (out / "report.md").write_text(md + "\n", encoding="utf-8")
         return md
@@ -319,11 +320,7 @@ class StudyAgreement:
 
 def _values(run) -> dict[str, dict[str, float]] | None:
     """{measure: {structure: value}} of the volumes and thickness a run logged, or None."""
-    per: dict[str, dict[str, float]] = {m: {} for m in VALUE_PREFIX}
-    for k, v in run.data.metrics.items():
-        for m, prefix in VALUE_PREFIX.items():
-            if k.startswith(prefix + "/"):
-                per[m][k[len(prefix) + 1 :]] = v
+    per = agreement_table.logged_values(run.data.metrics)
     return per if any(per.values()) else None
 
 

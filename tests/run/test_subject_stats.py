@@ -1,9 +1,9 @@
-"""Agreement of two pipelines: per-run differences against a reference subject directory, and
-Pearson r / ICC(2,1) across subjects, checked against values computed by hand here."""
-
-import math
+"""A run's volumes and thickness logged, and their agreement with a reference subject directory;
+two pipelines' agreement across the subjects of logged runs (read back by report.agreement_table),
+checked against values computed by hand."""
 
 import pytest
+from support.by_hand import icc21_by_hand, r_by_hand
 from support.contract import documented, undocumented
 from support.helpers import wattsup
 from support.stats_files import (
@@ -13,106 +13,6 @@ from support.stats_files import (
     write_fastsurfer_segstats,
     write_parc_stats,
 )
-
-from mlflow_wattsup.analysis.agreement import (
-    MIN_SUBJECTS,
-    anova_two_way,
-    compare,
-    cross_subject,
-    icc_2_1,
-    pearson_r,
-)
-
-# -- by hand: plain Python, the textbook formulas written out -------------------------------------
-
-
-def r_by_hand(x, y):
-    n = len(x)
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    return sxy / math.sqrt(sxx * syy)
-
-
-def icc21_by_hand(rows):
-    """Shrout & Fleiss ICC(2,1) from the two-way ANOVA mean squares, rows = subjects."""
-    n, k = len(rows), len(rows[0])
-    grand = sum(sum(r) for r in rows) / (n * k)
-    row_means = [sum(r) / k for r in rows]
-    col_means = [sum(r[j] for r in rows) / n for j in range(k)]
-    ss_rows = k * sum((m - grand) ** 2 for m in row_means)
-    ss_cols = n * sum((m - grand) ** 2 for m in col_means)
-    ss_total = sum((x - grand) ** 2 for r in rows for x in r)
-    ss_err = ss_total - ss_rows - ss_cols
-    msr, msc, mse = ss_rows / (n - 1), ss_cols / (k - 1), ss_err / ((n - 1) * (k - 1))
-    return (msr - mse) / (msr + (k - 1) * mse + k * (msc - mse) / n)
-
-
-# Shrout & Fleiss (1979), Table 2: 6 targets rated by 4 judges; they report ICC(2,1) = 0.29
-SHROUT_FLEISS = [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]]
-
-
-def test_icc_2_1_matches_the_published_example_and_the_hand_anova():
-    assert icc_2_1(SHROUT_FLEISS) == pytest.approx(0.29, abs=0.005)
-    assert icc_2_1(SHROUT_FLEISS) == pytest.approx(icc21_by_hand(SHROUT_FLEISS), rel=1e-12)
-    a = anova_two_way(SHROUT_FLEISS)
-    # the paper's mean squares: BMS 11.24, JMS 32.49, EMS 1.02
-    assert (a.ms_rows, a.ms_cols, a.ms_error) == pytest.approx((11.24, 32.49, 1.02), abs=0.005)
-
-
-def test_icc_drops_with_an_offset_that_r_ignores():
-    x = [2.1, 2.5, 2.9, 2.4, 3.0]
-    y = [v + 0.3 for v in x]
-    assert pearson_r(x, y) == pytest.approx(1.0)
-    rows = [[a, b] for a, b in zip(x, y, strict=True)]
-    assert icc_2_1(rows) == pytest.approx(icc21_by_hand(rows)) and icc_2_1(rows) < 0.8
-    assert icc_2_1([[a, a] for a in x]) == pytest.approx(1.0)
-
-
-def test_undefined_below_three_subjects_or_without_spread():
-    assert MIN_SUBJECTS == 3
-    assert pearson_r([1.0, 2.0], [1.0, 3.0]) is None and icc_2_1([[1, 2], [3, 4]]) is None
-    assert pearson_r([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None
-    assert icc_2_1([[2.0, 2.0]] * 4) is None
-    with pytest.raises(ValueError, match="equal-length"):
-        pearson_r([1, 2, 3], [1, 2])
-
-
-def test_compare_pairs_by_name_and_says_what_is_unmatched():
-    c = compare({"A": 10.0, "B": 5.0, "C": 0.0, "X": 1.0}, {"A": 8.0, "B": 5.0, "C": 0.0, "Y": 2.0}, "volume")
-    assert [(p.name, p.diff) for p in c.compared] == [("A", 2.0), ("B", 0.0)]
-    assert c.only_run == ["X"] and c.only_reference == ["Y"] and c.empty_both == ["C"]
-    assert c.mean_diff() == 1.0 and c.mean_absdiff() == 1.0 and c.mean_absreldiff() == pytest.approx(0.125)
-    csv_text = c.to_csv()
-    assert csv_text.splitlines()[0] == "name,run_mm3,reference_mm3,diff_mm3,reldiff,note"
-    assert "X,1,,,,run only" in csv_text and "Y,,2,,,reference only" in csv_text
-    assert "C,0,0,,,empty in both: not compared" in csv_text
-
-
-def test_cross_subject_pairs_subjects_and_counts_each_structure():
-    values = {
-        "s1": {"a": {"thickness": {"r1": 2.0, "r2": 3.0}}, "b": {"thickness": {"r1": 2.1, "r2": 3.1}}},
-        "s2": {"a": {"thickness": {"r1": 2.5, "r2": 2.0}}, "b": {"thickness": {"r1": 2.4}}},
-        "s3": {"a": {"thickness": {"r1": 3.0}}, "b": {"thickness": {"r1": 3.3}}},
-        "s4": {"b": {"thickness": {"r1": 9.0}}},
-    }
-    t = cross_subject(values, "a", "b")
-    assert t.subjects == ["s1", "s2", "s3"] and t.unpaired == {"s4": "b"}
-    by = {r.name: r for r in t.rows}
-    assert by["r1"].n == 3 and by["r2"].n == 1 and by["r2"].r is None and by["r2"].icc is None
-    x, y = [2.0, 2.5, 3.0], [2.1, 2.4, 3.3]
-    assert by["r1"].r == pytest.approx(r_by_hand(x, y))
-    assert by["r1"].icc == pytest.approx(icc21_by_hand([list(p) for p in zip(x, y, strict=True)]))
-    assert by["r1"].mean_diff == pytest.approx(sum(a - b for a, b in zip(x, y, strict=True)) / 3)
-    md = t.render("markdown")
-    assert "| thickness (mm) | r1 | 3 |" in md and "s4 (b only)" in md and "ICC(2,1)" in md
-    assert "<th>ICC(2,1)</th>" in t.render("html") and t.render("csv").startswith("measure,unit,name,n,")
-    with pytest.raises(ValueError, match="markdown, html or csv"):
-        t.render("pdf")
-
-
-# -- a study of 5 subjects: FastSurfer's outputs are FreeSurfer's with known perturbations ---------
 
 SUBJECTS = ["sub-01", "sub-02", "sub-03", "sub-04", "sub-05"]
 SCALE = [0.90, 0.95, 1.00, 1.06, 1.12]  # head size per subject (volumes)
@@ -163,7 +63,9 @@ def new_run(client, exp_id, subject, pipeline):
 
 
 def test_study_of_five_subjects_differences_r_and_icc_by_hand(tmp_path, client, experiment, tracking_uri):
-    from mlflow_wattsup.run.agreement import log_agreement, study_agreement
+    from mlflow_wattsup.report.agreement_table import study_agreement, to_markdown
+    from mlflow_wattsup.run.subject_stats import log_agreement
+    from mlflow_wattsup.sink.transport import Store
 
     dirs = make_study(tmp_path)
     exp_id = client.create_experiment(experiment)
@@ -226,7 +128,7 @@ def test_study_of_five_subjects_differences_r_and_icc_by_hand(tmp_path, client, 
     ]
 
     # across subjects: per region r and ICC(2,1) of FastSurfer against FreeSurfer
-    table = study_agreement([exp_id], ("fastsurfer", "freesurfer"), client=client)
+    table = study_agreement([exp_id], ("fastsurfer", "freesurfer"), Store(client))
     assert table.subjects == SUBJECTS and not table.unpaired
     by = {(r.measure, r.name): r for r in table.rows}
     x = [fastsurfer_values(i)[1]["lh"]["insula"] for i in range(5)]
@@ -245,7 +147,7 @@ def test_study_of_five_subjects_differences_r_and_icc_by_hand(tmp_path, client, 
     assert by[("thickness", MISSING[1])].n == 4
     assert ("volume", "5th-Ventricle") not in by
     assert len([r for r in table.rows if r.measure == "thickness"]) == 62
-    md = table.to_markdown()
+    md = to_markdown(table)
     assert f"| thickness (mm) | ctx-lh-insula | 5 | {sum(x) / 5:.3f} | {sum(y) / 5:.3f} |" in md
     assert f"{row.r:.3f} | {row.icc:.3f} |" in md
 
@@ -265,7 +167,7 @@ def test_study_of_five_subjects_differences_r_and_icc_by_hand(tmp_path, client, 
     assert r.returncode == 0, r.stderr
     line = next(ln for ln in r.stdout.splitlines() if ",ctx-lh-insula," in ln)
     assert line.startswith("thickness,mm,ctx-lh-insula,5,") and line.endswith(f",{row.r:.6g},{row.icc:.6g}")
-    from mlflow_wattsup.run.agreement import agreement_block
+    from mlflow_wattsup.report.agreement_table import agreement_block
 
     assert agreement_block([experiment], fmt="html").startswith(
         "<h3>Agreement: fastsurfer vs freesurfer</h3>"
@@ -289,7 +191,7 @@ def test_study_of_five_subjects_differences_r_and_icc_by_hand(tmp_path, client, 
 
 
 def test_seg_only_run_says_what_it_cannot_compare(tmp_path, client, experiment, tracking_uri):
-    from mlflow_wattsup.run.agreement import log_agreement
+    from mlflow_wattsup.run.subject_stats import log_agreement
 
     dirs = make_study(tmp_path)
     fa, fs = dirs["sub-01"]
@@ -353,7 +255,7 @@ def test_dice_of_the_two_directories_segmentations(tmp_path, client, experiment,
     import nibabel as nib
     import numpy as np
 
-    from mlflow_wattsup.run.agreement import log_agreement
+    from mlflow_wattsup.run.subject_stats import log_agreement
 
     ref = np.zeros((12, 12, 12), np.int32)
     ref[1:5, 1:5, 1:5] = 17  # Left-Hippocampus, 64 voxels
@@ -399,12 +301,13 @@ def test_dice_of_the_two_directories_segmentations(tmp_path, client, experiment,
 
 def test_through_a_pipelines_sink_never_raises(tmp_path, client, experiment, tracking_uri):
     """The projects call log_agreement(run.sink, subject_dir, reference_dir) before finishing."""
-    from mlflow_wattsup.run.agreement import log_agreement
+    from mlflow_wattsup.run.subject_stats import log_agreement
     from mlflow_wattsup.sink import MlflowSink
+    from mlflow_wattsup.sink.transport import Store
 
     fa, fs = make_study(tmp_path)["sub-04"]
     rid = new_run(client, client.create_experiment(experiment), "sub-04", "fastsurfer")
-    sink = MlflowSink(rid, client, flush_interval_s=0)
+    sink = MlflowSink(rid, Store(client), flush_interval_s=0)
     out = log_agreement(sink, fa, fs)
     assert out["thickness_compared_n"] == 62
     assert log_agreement(sink, None, fs)["error"].startswith("TypeError")  # a bug is a tag, not a crash
