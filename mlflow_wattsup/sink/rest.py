@@ -7,8 +7,9 @@ says plainly what went wrong:
 
 * :class:`Refused` - the server answered 4xx: one line naming the call, the run or experiment,
   MLflow's error code and message; retrying will not help.
-* :class:`Overloaded` - 429 or 503: the server is up but shedding load (``retry_after_s`` when it
-  says); back off (:mod:`.backoff`) and retry.
+* :class:`Overloaded` - 429 or 503 (or MLflow's 400 for an exhausted database connection pool):
+  the server is up but shedding load (``retry_after_s`` when it says); back off
+  (:mod:`.backoff`) and retry.
 * :class:`ServerError` - another 5xx; retry.
 * :class:`Unreachable` (a ``ConnectionError``) - refused, reset, timed out, name unknown; retry.
 
@@ -105,6 +106,12 @@ class ServerError(RestError):
     """Another 5xx: the server failed (its database, a bug); retry."""
 
     retryable = True
+
+
+#: MLflow's server answers 400 BAD_REQUEST when its database connection pool is exhausted
+#: (SQLAlchemy's TimeoutError is not an OperationalError, which it maps to 503): seen with 100 jobs
+#: replaying at once after a restart. That is load, not a bad request.
+_POOL_EXHAUSTED = ("QueuePool limit of size", "connection timed out, timeout")
 
 
 class Unreachable(ConnectionError):
@@ -326,7 +333,7 @@ class RestClient:
         message = (message or text or http.client.responses.get(status, "")).strip().splitlines()
         message = message[0][:300] if message else ""
         label = f"HTTP {status}" + (f" {code}" if code else "")
-        if status in (429, 503):
+        if status in (429, 503) or (status == 400 and any(m in message for m in _POOL_EXHAUSTED)):
             after = None
             try:
                 after = float(retry_after) if retry_after else None

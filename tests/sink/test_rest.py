@@ -159,6 +159,17 @@ def test_503_from_a_proxy_is_overloaded_too(fake):
     assert e.value.retry_after_s is None
 
 
+def test_mlflows_400_for_an_exhausted_connection_pool_is_overload(fake):
+    """What MLflow 3.17's server answered 100 jobs replaying at once after a restart."""
+    pool = (
+        "QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00 "
+        "(Background on this error at: https://sqlalche.me/e/21/3o7r)"
+    )
+    srv = fake([(400, {"error_code": "BAD_REQUEST", "message": pool}, {})])
+    with pytest.raises(Overloaded, match="overloaded .HTTP 400 BAD_REQUEST. on the lookup of run r1"):
+        RestClient(srv.uri).get_run("r1")
+
+
 def test_4xx_is_refused_in_one_line_naming_the_call(fake):
     srv = fake(
         [
