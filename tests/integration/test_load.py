@@ -11,8 +11,8 @@ sqlite-backed one (a laptop's).
 
 ``WATTSUP_LOAD_JOBS`` (N, default 100) and ``WATTSUP_LOAD_DURATION_S`` (D, default 60) size it;
 ``WATTSUP_LOAD_SERVER_WORKERS`` sets the server's worker processes (default 4, MLflow's own).
-What happened is printed (``pytest -s``) and written as JSON to ``$WATTSUP_LOAD_REPORT_DIR`` when
-set: the jobs' CPU, the requests the server answered (per second, by endpoint and status), the
+What happened is printed (``pytest -s``) and kept in ``$WATTSUP_LOAD_REPORT_DIR`` when set (the
+report as JSON, the jobs' logs, spool files left, the witness files and the server's log): the jobs' CPU, the requests the server answered (per second, by endpoint and status), the
 outage, and every problem found.
 """
 
@@ -23,6 +23,7 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -307,8 +308,12 @@ def test_many_jobs_one_server_killed_and_restarted_lose_nothing(backend, tmp_pat
     print(text)
     out = os.environ.get("WATTSUP_LOAD_REPORT_DIR")
     if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        name = f"load-{backend}-{N_JOBS}x{DURATION_S:g}s-{int(time.time())}"
-        (Path(out) / f"{name}.json").write_text(json.dumps(report, indent=1))
-        (Path(out) / f"{name}.txt").write_text(text + "\n")
+        keep = Path(out) / f"load-{backend}-{N_JOBS}x{DURATION_S:g}s-{int(time.time())}"
+        keep.mkdir(parents=True)
+        (keep / "report.json").write_text(json.dumps(report, indent=1))
+        (keep / "report.txt").write_text(text + "\n")
+        for d in ("logs", "spool", "witness"):  # what the jobs said, left and emitted
+            if (tmp_path / d).exists():
+                shutil.copytree(tmp_path / d, keep / d)
+        shutil.copy(srv.workdir / "server.log", keep / "server.log")
     assert not report["problems"], text
