@@ -1,6 +1,12 @@
-"""A real `mlflow server` (sqlite backend) on 127.0.0.1 for tests that need HTTP."""
+"""A real `mlflow server` on 127.0.0.1 for tests that need HTTP: sqlite-backed by default, or on
+any database MLflow takes (``backend_store_uri``; PostgreSQL: :mod:`support.postgres`).
+
+Its log (``server.log`` in ``workdir``, kept across restarts) holds uvicorn's access log:
+:meth:`MlflowServer.requests` reads it back, one line per request the server answered.
+"""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,12 +24,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: one access-log line of uvicorn: ``2026/12/05 12:15:45 INFO:     127.0.0.1:41546 - "GET /x HTTP/1.1" 200 OK``
+_ACCESS = re.compile(r'^(\S+ \S+) INFO:\s+\S+ - "(\w+) (\S+) HTTP/[\d.]+" (\d{3})', re.M)
+
+
 class MlflowServer:
-    def __init__(self, workdir: Path, port: int | None = None):
+    """``backend_store_uri``: the tracking database (default: a sqlite file in ``workdir``);
+    ``workers``: uvicorn worker processes (1 unless a test studies the server's capacity)."""
+
+    def __init__(
+        self, workdir: Path, port: int | None = None, backend_store_uri: str | None = None, workers: int = 1
+    ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{self.workdir}/server.db"
+        self.workers = workers
         self.proc = None
 
     def start(self, timeout_s: float = 90) -> float:
@@ -36,13 +53,13 @@ class MlflowServer:
                 str(BIN / "mlflow"),
                 "server",
                 "--backend-store-uri",
-                f"sqlite:///{self.workdir}/server.db",
+                self.backend_store_uri,
                 "--host",
                 "127.0.0.1",
                 "--port",
                 str(self.port),
                 "--workers",
-                "1",
+                str(self.workers),
             ],
             cwd=self.workdir,
             env=env,
@@ -72,6 +89,18 @@ class MlflowServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.proc = None
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL to its process group, by PID): a crash, not a shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def requests(self) -> list[tuple[str, str, str, int]]:
+        """Every request answered so far, from the access log: (time, method, path, status)."""
+        text = (self.workdir / "server.log").read_text(errors="replace")
+        return [(t, m, p, int(code)) for t, m, p, code in _ACCESS.findall(text)]
 
     def down(self) -> bool:
         try:
