@@ -31,7 +31,7 @@ def project_params():
 
 
 def assert_documented(run):
-    from test_contract import documented, undocumented
+    from support.contract import documented, undocumented
 
     keys = set(run.data.metrics) | (set(run.data.params) - project_params()) | set(run.data.tags)
     assert undocumented(keys, documented()) == []
