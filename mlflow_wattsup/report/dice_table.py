@@ -71,7 +71,29 @@ def from_runs(runs: Sequence, tracking_uri: str | None = None) -> tuple[list[str
     """(header, rows) of the long table over MLflow ``Run`` objects (runs without Dice left out)."""
     read = artifact_reader(tracking_uri)
     scored = [s for r in runs if (s := run_scores(r, read)) is not None]
+    scored.sort(key=_order)
     return long_rows(scored)
+
+
+def _number_first(value: str) -> tuple:
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _order(s: RunScores) -> tuple:
+    """Study, pipeline, swept values (numbers numerically), device, subject, run."""
+    i = s.ident
+    swept = tuple(_number_first(v) for _, v in sorted(s.swept.items()))
+    return (
+        i.get("study", ""),
+        i.get("pipeline", ""),
+        swept,
+        i.get("device", ""),
+        i.get("subject", ""),
+        i["run_id"],
+    )
 
 
 def search(client, experiment_ids: Sequence[str], filter_string: str = "") -> list:

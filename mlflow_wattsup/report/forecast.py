@@ -151,8 +151,9 @@ def markdown(
     """The report's forecast section (a heading, the table, what the interval is and assumes)."""
     if not rows:
         return ""
+    parallel = bool(concurrency and concurrency > 1)
     head = [*(k.capitalize() for k in group_by), "Energy basis", "Subjects", "Hours (serial)"]
-    if concurrency:
+    if parallel:
         head.append(f"Hours ({concurrency} at once)")
     head += ["Energy (kWh)", "CO2eq (as logged)"]
     if what_if:
@@ -161,7 +162,7 @@ def markdown(
     for r in rows:
         basis = r.group[-1] if r.group[-1] == "measured" else f"{r.group[-1]} {ESTIMATE_MARK}"
         cells = [*r.group[:-1], basis, f"{r.subjects:,}", _cell(r.hours)]
-        if concurrency:
+        if parallel:
             cells.append(_cell(r.hours_parallel))
         cells += [_cell(r.energy_kwh), _co2_cell(r.co2_g)]
         if what_if:
@@ -180,7 +181,7 @@ def markdown(
         + (
             f", hours ({concurrency} at once) divide them by the {concurrency} children the study ran at "
             "once (perfect packing, no queueing)."
-            if concurrency
+            if parallel
             else "."
         ),
     ]
