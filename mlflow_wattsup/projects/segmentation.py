@@ -381,7 +381,15 @@ def _brain_extraction(tracked, BrainExtraction, t1, ref, device, images, prune=0
         if prune or channels:
             _prune(t, nets, prune, channels)
         with counting(*nets) as c, t.stage("deepbet"):
-            _, mask_img, tiv = bet.run(str(t1))
+            try:
+                _, mask_img, tiv = bet.run(str(t1))
+            except AssertionError as exc:  # deepbet's own checks, e.g. no brain found
+                hint = (
+                    f": its networks were pruned (prune={prune:g}, prune_channels={channels:g}), try less"
+                    if prune or channels
+                    else ""
+                )
+                raise ParamError(f"deepbet failed on t1={t1} ({exc}){hint}") from None
         params = sum(q.numel() for q in bet.model.parameters()) + sum(
             q.numel() for q in bet.bbox_model.parameters()
         )
