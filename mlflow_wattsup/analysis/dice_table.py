@@ -3,7 +3,7 @@ from (the reference study kept one per pruning level and subject: label, Dice, l
 subject).
 
 Columns: ``run_id``, ``study``, ``subject``, ``pipeline``, one column per swept parameter (its
-name; ``sweep_<name>`` if the name is one of the other columns), ``device``, ``prefix`` (``dice``,
+name, in alphabetical order; ``sweep_<name>`` if the name is one of the other columns), ``device``, ``prefix`` (``dice``,
 or ``dice_aseg`` for the aseg-merged comparison), ``label`` (the label ID: FreeSurfer's for
 FreeSurfer label volumes), ``name`` (the label's name as the run scored it: FreeSurfer's LUT or
 built-in names, or the pipeline's own, e.g. ``brain``, ``CSF``), ``dice``. A value a run does not
@@ -70,7 +70,7 @@ def dice_prefixes(metrics: Mapping[str, float]) -> list[str]:
 
 def columns(runs: Sequence[RunScores]) -> tuple[list[str], dict[str, str]]:
     """The header, and each swept parameter's column name."""
-    swept = list(dict.fromkeys(k for r in runs for k in r.swept))
+    swept = sorted({k for r in runs for k in r.swept})
     taken = set(FIXED) | set(AFTER_SWEEP)
     names = {k: (f"sweep_{k}" if k in taken else k) for k in swept}
     return [*FIXED, *names.values(), *AFTER_SWEEP], names

@@ -9,6 +9,7 @@ run is comes from its tags: ``wattsup.study``, ``wattsup.subject``, ``wattsup.pi
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,8 @@ from mlflow_wattsup.analysis.dice_table import (
 )
 from mlflow_wattsup.sink import keys
 
+#: MLflow's switch for its artifact download progress bar
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 #: the table's file formats, by file suffix
 FORMATS = (".csv", ".parquet")
 
@@ -55,14 +58,21 @@ def artifact_reader(tracking_uri: str | None) -> Callable[[str, str], str | None
     def read(run_id: str, path: str) -> str | None:
         import mlflow.artifacts
 
-        with tempfile.TemporaryDirectory(prefix="wattsup-dice-") as tmp:
-            try:
+        old = os.environ.get(PROGRESS_BAR)
+        os.environ[PROGRESS_BAR] = "false"  # one small file per run: no progress bar line for each
+        try:
+            with tempfile.TemporaryDirectory(prefix="wattsup-dice-") as tmp:
                 local = mlflow.artifacts.download_artifacts(
                     run_id=run_id, artifact_path=path, dst_path=tmp, tracking_uri=tracking_uri
                 )
                 return Path(local).read_text(encoding="utf-8")
-            except Exception:  # no such artifact (an older run, or one scored elsewhere)
-                return None
+        except Exception:  # no such artifact (an older run, or one scored elsewhere)
+            return None
+        finally:
+            if old is None:
+                os.environ.pop(PROGRESS_BAR, None)
+            else:
+                os.environ[PROGRESS_BAR] = old
 
     return read
 

@@ -75,6 +75,8 @@ def forecast(
     return out
 
 
+#: below this many subjects per group the report warns that the pilot is too small to trust the sd
+SMALL_PILOT = 5
 QUANTITIES = ("hours", "hours_parallel", "energy_kwh", "co2_g", "co2_g_whatif")
 
 
@@ -185,6 +187,12 @@ def markdown(
             else "."
         ),
     ]
+    if min(pilots) < SMALL_PILOT:
+        notes.append(
+            f"With fewer than {SMALL_PILOT} subjects per group the sd itself is poorly known: t widens the "
+            "interval for that, but two subjects that happen to agree still give a narrow one. Before "
+            "budgeting a cohort, run a pilot of 10-20 subjects."
+        )
     if what_if:
         notes.append(f"CO2eq (what-if): the forecast energy at {what_if.label}.")
     if any(r.group[-1] != "measured" for r in rows):

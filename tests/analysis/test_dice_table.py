@@ -45,8 +45,8 @@ def test_long_rows_one_per_run_and_label_with_swept_columns():
         "study",
         "subject",
         "pipeline",
-        "prune",
         "sweep_device",
+        "prune",
         "device",
         "prefix",
         "label",
@@ -54,9 +54,9 @@ def test_long_rows_one_per_run_and_label_with_swept_columns():
         "dice",
     ]
     assert rows == [
-        ["r1", "s", "sub-01", "bet", "0.5", None, "cpu", "dice", 1, "brain", 0.9],
-        ["r2", None, "sub-02", "seg", None, "x", "gpu", "dice", 17, "Left-Hippocampus", 0.8],
-        ["r2", None, "sub-02", "seg", None, "x", "gpu", "dice_aseg", 3, "Left-Cerebral-Cortex", 0.7],
+        ["r1", "s", "sub-01", "bet", None, "0.5", "cpu", "dice", 1, "brain", 0.9],
+        ["r2", None, "sub-02", "seg", "x", None, "gpu", "dice", 17, "Left-Hippocampus", 0.8],
+        ["r2", None, "sub-02", "seg", "x", None, "gpu", "dice_aseg", 3, "Left-Cerebral-Cortex", 0.7],
     ]
     text = to_csv(header, rows)
-    assert text.splitlines()[1] == "r1,s,sub-01,bet,0.5,,cpu,dice,1,brain,0.9"
+    assert text.splitlines()[1] == "r1,s,sub-01,bet,,0.5,cpu,dice,1,brain,0.9"
