@@ -1,6 +1,6 @@
 """What pruning saves on deepbet's brain network, dense kernels on this machine, same run.
 
-    python benchmarks/pruning.py [--size 256] [--reps 5] [--threads 2]
+    python benchmarks/pruning.py [--model deepbet|unet2d] [--size 256] [--reps 5] [--threads 2]
 
 deepbet's pretrained brain-extraction network (a traced LinkNet3d, 2.1 M parameters; the one that
 dominates a brain_extraction run: it sees a size^3 crop, 256^3 in deepbet) is loaded fresh per
@@ -12,11 +12,18 @@ params, MACs (dense count) and MACs nonzero (torch FlopCounterMode, per op x fra
 weight entries), the best (least disturbed by other processes: this project's machines are
 shared) wall and CPU seconds of a forward pass, and both as a ratio to dense.
 
+``--model unet2d``: the same settings on a 2D U-Net (mateuszbuda/brain-segmentation-pytorch's
+layout: conv-BN-ReLU-conv-BN-ReLU blocks, 32 to 512 features; random weights, timing only) on a
+batch of 8 3 x size x size slices: a network whose every block is a prunable pair and whose
+convolutions are compute-bound, for contrast with deepbet's memory-bound 3D convolutions.
+
 Energy: without RAPL (as on this project's VMs) mlflow-wattsup estimates CPU energy as W per
 thread x CPU seconds, so the estimated energy ratio IS the CPU-seconds ratio; with RAPL, run the
-sweep itself (docs/sweeps.md) to measure it. Expectation the numbers test: unstructured pruning
-leaves wall and CPU ratios at ~1.0 (the dense kernels multiply the zeros), channel pruning lowers
-both roughly with its MACs.
+sweep itself (docs/sweeps.md) to measure it. What to expect (measured, docs/sweeps.md):
+unstructured pruning leaves wall and CPU time at ~1.0x dense at every level (the dense kernels
+multiply the zeros); channel removal lowers them roughly with the MACs on the compute-bound 2D
+U-Net, but hardly on deepbet, whose small 3D convolutions are memory-bound (and below ~8 input
+channels fall back to PyTorch's slow 3D kernel).
 """
 
 from __future__ import annotations
@@ -25,11 +32,57 @@ import argparse
 import time
 
 
-def load():
+def load(model: str):
     import torch
+
+    if model == "unet2d":
+        torch.manual_seed(0)
+        return unet2d().eval()
     from deepbet.utils import DATA_PATH
 
     return torch.jit.load(f"{DATA_PATH}/models/model.pt").eval()
+
+
+def unet2d(cin: int = 3, cout: int = 1, f: int = 32):
+    import torch
+    from torch import nn
+
+    def block(a, b):
+        return nn.Sequential(
+            nn.Conv2d(a, b, 3, padding=1, bias=False),
+            nn.BatchNorm2d(b),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(b, b, 3, padding=1, bias=False),
+            nn.BatchNorm2d(b),
+            nn.ReLU(inplace=True),
+        )
+
+    class UNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.ModuleList(
+                [block(cin, f), block(f, 2 * f), block(2 * f, 4 * f), block(4 * f, 8 * f)]
+            )
+            self.pool = nn.MaxPool2d(2, 2)
+            self.bottleneck = block(8 * f, 16 * f)
+            self.up = nn.ModuleList(
+                [nn.ConvTranspose2d(2 ** (i + 1) * f, 2**i * f, 2, stride=2) for i in (3, 2, 1, 0)]
+            )
+            self.dec = nn.ModuleList([block(2 ** (i + 1) * f, 2**i * f) for i in (3, 2, 1, 0)])
+            self.out = nn.Conv2d(f, cout, 1)
+
+        def forward(self, x):
+            skips = []
+            for e in self.enc:
+                x = e(x)
+                skips.append(x)
+                x = self.pool(x)
+            x = self.bottleneck(x)
+            for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
+                x = dec(torch.cat((up(x), skip), dim=1))
+            return torch.sigmoid(self.out(x))
+
+    return UNet()
 
 
 SETTINGS = [
@@ -45,6 +98,7 @@ SETTINGS = [
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=["deepbet", "unet2d"], default="deepbet")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -57,10 +111,13 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    x = torch.rand(1, 1, args.size, args.size, args.size)
+    if args.model == "unet2d":
+        x = torch.rand(8, 3, args.size, args.size)
+    else:
+        x = torch.rand(1, 1, args.size, args.size, args.size)
     models, facts = {}, {}
     for name, kind, amount in SETTINGS:
-        m = load()
+        m = load(args.model)
         if kind == "prune":
             prune_unstructured(m, amount)
         elif kind == "channels":
@@ -79,9 +136,12 @@ def main(argv=None) -> int:
             wall[name].append(time.perf_counter() - w0)
             cpu[name].append(time.process_time() - c0)
     base_w, base_c = min(wall["dense"]), min(cpu["dense"])
-    print(
-        f"deepbet brain network, {args.size}^3, {args.threads} threads, best of {args.reps}, torch {torch.__version__}"
+    what = (
+        f"deepbet brain network, 1 x {args.size}^3"
+        if args.model == "deepbet"
+        else f"2D U-Net, 8 x 3 x {args.size}^2"
     )
+    print(f"{what}, {args.threads} threads, best of {args.reps}, torch {torch.__version__}")
     print(
         "| setting | params | params nonzero | GMAC | GMAC nonzero | wall s | wall / dense | CPU s | CPU / dense |"
     )
