@@ -92,31 +92,83 @@ class ModelCost:
 
 
 class FlopCount:
-    """Filled in by :func:`counting`: MACs of every torch op run in the block."""
+    """Filled in by :func:`counting`: MACs of every torch op run in the block, and of those the
+    ones whose weight operand was an exact zero (when the weights were named)."""
 
     backend = "torch-flop-counter"
 
     def __init__(self) -> None:
         self.flops = 0
+        self.zero_weight_flops = 0
 
     @property
     def macs(self) -> int:
         return self.flops // 2
 
+    @property
+    def macs_zero_weight(self) -> int:
+        """MACs that multiplied by a weight entry equal to 0 (e.g. pruned)."""
+        return round(self.zero_weight_flops / 2)
+
+    @property
+    def macs_nonzero(self) -> int:
+        """MACs of nonzero weights: ``macs`` minus the MACs whose weight entry is 0."""
+        return self.macs - self.macs_zero_weight
+
+
+#: the weight operand of each counted op (F.linear is addmm(bias, x, W^T) or mm(x, W^T))
+_WEIGHT_ARG = {"convolution": 1, "_convolution": 1, "cudnn_convolution": 1, "convolution_overrideable": 1}
+_WEIGHT_ARG.update({"_slow_conv2d_forward": 1, "mm": 1, "bmm": 1, "addmm": 2, "baddbmm": 2})
+
+
+def _storage(t) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except Exception:  # tensor subclasses without storage
+        return None
+
+
+def _zero_counter(weights: Sequence[nn.Module], result: FlopCount):
+    """A FlopCounterMode that also adds, for every conv/matmul whose weight operand is a parameter
+    of ``weights``, the op's FLOPs times the fraction of that operand's entries equal to 0 (the
+    counter's formulas count every weight entry once per output position, so this is exactly the
+    arithmetic spent on zero weights)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    storages = {s for m in weights for p in m.parameters() if (s := _storage(p)) is not None}
+
+    class _Counter(FlopCounterMode):
+        def _count_flops(self, func_packet, out, args, kwargs):
+            out = super()._count_flops(func_packet, out, args, kwargs)
+            pos = _WEIGHT_ARG.get(getattr(func_packet, "__name__", ""))
+            w = args[pos] if pos is not None and len(args) > pos else None
+            if isinstance(w, torch.Tensor) and w.numel() and _storage(w) in storages:
+                zeros = w.numel() - int(torch.count_nonzero(w))
+                if zeros:
+                    flops = self.flop_registry[func_packet](*args, **kwargs, out_val=out)
+                    result.zero_weight_flops += flops * zeros / w.numel()
+            return out
+
+    return _Counter(display=False)
+
 
 @contextlib.contextmanager
-def counting():
+def counting(*weights: nn.Module):
     """Count the FLOPs of whatever torch code runs in the block (``FlopCounterMode``; also
     TorchScript models), e.g. a whole inference pipeline, at no extra forward pass::
 
-        with counting() as c:
+        with counting(model) as c:
             run_inference()
-        c.macs
+        c.macs, c.macs_nonzero
+
+    ``weights``: the models whose parameters are weights: the MACs spent on their zero entries
+    (a pruned network's) are counted too, so ``c.macs_nonzero`` is the arithmetic on nonzero
+    weights. Without them ``macs_nonzero`` equals ``macs``.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     result = FlopCount()
-    counter = FlopCounterMode(display=False)
+    counter = _zero_counter(weights, result) if weights else FlopCounterMode(display=False)
     with counter:
         yield result
     result.flops = int(counter.get_total_flops())

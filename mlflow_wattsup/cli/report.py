@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from mlflow_wattsup.cli.common import UsageError, group_by, write_output
 
 
@@ -43,6 +45,12 @@ def register(sub) -> None:
         "structure (see wattsup agree); markdown and html only",
     )
     rep.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    rep.add_argument(
+        "--dice-table",
+        metavar="FILE",
+        help="instead of the comparison, write the long per-label Dice table of the runs (run_id, study, "
+        "subject, pipeline, swept values, device, prefix, label, name, dice) to FILE (.csv or .parquet)",
+    )
     rep.add_argument("--tracking-uri", help="MLflow tracking URI")
     rep.set_defaults(func=main)
 
@@ -51,6 +59,8 @@ def main(args) -> int:
     from mlflow_wattsup.analysis.carbon import CarbonConfigError
     from mlflow_wattsup.report import build, fetch_runs, render, what_if
 
+    if args.dice_table:
+        return _dice_table(args)
     try:
         runs = fetch_runs(args.experiments, args.filter, args.tracking_uri)
         table = build(
@@ -77,4 +87,30 @@ def main(args) -> int:
             block or f"No subject has runs of both {pair[0]} and {pair[1]} with volumes or thickness.\n"
         )
     write_output(args.output, text, f"report of {sum(table.n.values())} runs written")
+    return 0
+
+
+def _dice_table(args) -> int:
+    """``--dice-table FILE``: every run's Dice per label, from its ``wattsup/dice*.csv`` artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_wattsup.report import dice_table
+
+    client = MlflowClient(args.tracking_uri)
+    ids = []
+    for name in args.experiments:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise UsageError(f"no experiment named {name!r} at {client.tracking_uri}")
+        ids.append(exp.experiment_id)
+    if not args.dice_table.lower().endswith(dice_table.FORMATS):
+        raise UsageError(f"--dice-table {args.dice_table}: give a .csv or .parquet file")
+    header, rows = dice_table.from_runs(dice_table.search(client, ids, args.filter), args.tracking_uri)
+    if not rows:
+        raise UsageError(
+            f"no run with Dice in {', '.join(args.experiments)}"
+            + (f" matching {args.filter!r}" if args.filter else "")
+        )
+    path = dice_table.write(args.dice_table, header, rows)
+    print(f"wattsup: {len(rows)} rows (runs x labels) written to {path}", file=sys.stderr)
     return 0

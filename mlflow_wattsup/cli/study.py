@@ -19,7 +19,9 @@ def register(sub) -> None:
         "folder or a TSV with subject, t1[, reference]) on every DEVICE: one parent run (counts, the "
         "comparison table and plots as artifacts) and one child run per subject x pipeline x device. Running "
         "the same study again skips the children already FINISHED. Ctrl-C cancels the jobs and marks the "
-        "runs KILLED. Example: wattsup study participants.tsv -p bet=projects/segmentation#brain_extraction "
+        "runs KILLED. --sweep runs one child per value of a parameter (e.g. pruning levels). The report ends "
+        "with a forecast of the cost of more subjects; study/dice.csv holds every child's Dice per label. "
+        "Example: wattsup study participants.tsv -p bet=projects/segmentation#brain_extraction "
         "--device cpu --experiment bet-study",
     )
     p.add_argument("subjects", metavar="SUBJECTS", help="BIDS dataset folder, or a TSV file")
@@ -44,6 +46,34 @@ def register(sub) -> None:
     p.add_argument(
         "--device", action="append", choices=["cpu", "gpu"], help="cpu and/or gpu (repeatable; default cpu)"
     )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="[NAME.]KEY=V1,V2,...",
+        help="run one child per value of parameter KEY (every pipeline declaring it, or only pipeline NAME), "
+        "each tagged wattsup.sweep.KEY; several --sweep: every combination. The report groups by the values. "
+        "E.g. --sweep prune=0,0.25,0.5",
+    )
+    p.add_argument(
+        "--forecast",
+        action="append",
+        default=[],
+        metavar="N[,N...]",
+        help="also forecast the cost of N subjects (e.g. 40000,100000); always forecast: the study's subject "
+        "count x 10, 100, 1000. A forecast, with a prediction interval, never a measurement",
+    )
+    p.add_argument(
+        "--forecast-region",
+        metavar="REGION",
+        help="the forecast's what-if: carbon at this region's intensity (see wattsup regions)",
+    )
+    p.add_argument(
+        "--forecast-carbon-intensity",
+        metavar="G_PER_KWH",
+        help="the forecast's what-if: carbon at this intensity",
+    )
+    p.add_argument("--forecast-pue", metavar="PUE", help="the forecast's what-if: carbon at this PUE")
     p.add_argument(
         "--name",
         help="study id (default: study-<hash of dataset, pipelines, params, devices>); same id = resume",
@@ -132,6 +162,35 @@ def _backend_config(text: str | None) -> dict:
     return data
 
 
+def _extras(args, sweep_names: list[str], subjects: int):
+    """The forecast's subject counts and what-if (checked before any run is created)."""
+    from mlflow_wattsup.analysis.carbon import CarbonConfigError
+    from mlflow_wattsup.analysis.forecast import ForecastError, default_counts
+    from mlflow_wattsup.report.whatif import what_if
+    from mlflow_wattsup.study.outputs import Extras
+
+    counts = []
+    for text in args.forecast:
+        for item in text.split(","):
+            item = item.strip().replace("_", "")
+            if not item.isdigit():
+                raise UsageError(
+                    f"--forecast {text}: give whole numbers of subjects, e.g. --forecast 40000,100000"
+                )
+            counts.append(int(item))
+    try:
+        default_counts(subjects, counts)
+        wi = what_if([], args.forecast_carbon_intensity, args.forecast_region, args.forecast_pue)
+    except ForecastError as exc:
+        raise UsageError(str(exc)) from None
+    except (CarbonConfigError, ValueError) as exc:
+        msg = str(exc).splitlines()[0]
+        if "--pue alone" in msg:
+            msg = "--forecast-pue alone: give --forecast-region or --forecast-carbon-intensity too"
+        raise UsageError(msg) from None
+    return Extras(sweep_names, counts, None, wi)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -150,6 +209,7 @@ def main(args) -> int:
     from mlflow_wattsup.sink.transport import Store
     from mlflow_wattsup.study import plan as planning
     from mlflow_wattsup.study import subjects as subj
+    from mlflow_wattsup.study import sweep as sweeping
     from mlflow_wattsup.study.pairing import parse_pairs
     from mlflow_wattsup.study.runner import Study, default_max_jobs
 
@@ -167,13 +227,18 @@ def main(args) -> int:
         )
         pipelines = [planning.Pipeline.parse(s) for s in args.pipeline]
         planning.assign_params(pipelines, args.param)
+        sweeps = sweeping.parse(args.sweep, pipelines)
+        combos = sweeping.combinations(sweeps, pipelines)
         name = args.name or ""
         workdir = Path(args.workdir).absolute() if args.workdir else None
         provisional = workdir or Path("wattsup-studies").absolute() / (name or "study")
-        children = planning.plan(subjects, pipelines, devices, provisional)
+        children = planning.plan(subjects, pipelines, devices, provisional, combos)
         pairs = parse_pairs(args.agreement, pipelines)
     except (subj.SubjectsError, planning.PlanError) as exc:
         raise UsageError(str(exc)) from None
+    if sweeps and pairs:
+        raise UsageError("--agreement compares one child per subject and pipeline: run it without --sweep")
+    extras = _extras(args, sweeping.names(sweeps), len(subjects))
     if args.dry_run:
         for c in children:
             print(
@@ -192,6 +257,11 @@ def main(args) -> int:
         raise UsageError(
             f"device gpu needs {args.gpus_per_job} GPU(s) per child, {len(gpu_ids)} visible here (--gpus IDS)"
         )
+    extras.concurrency = (
+        (args.max_jobs or default_max_jobs(args.cpus_per_job))
+        if args.backend == "local"
+        else (int(cfg.get("max_parallel") or 0) or None)
+    )
     study = Study(
         client,
         experiment_id,
@@ -209,9 +279,11 @@ def main(args) -> int:
         slurm_config=cfg,
         workdir=workdir,
         agreement=pairs,
+        sweeps=sweeps,
+        extras=extras,
     )
     if workdir is None and study.workdir != provisional:  # {workdir} in params: the study's real folder
-        children[:] = planning.plan(subjects, pipelines, devices, study.workdir)
+        children[:] = planning.plan(subjects, pipelines, devices, study.workdir, combos)
     old = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = study.run()

@@ -10,14 +10,19 @@ Entry points (``python -m mlflow_wattsup.projects.segmentation ENTRY --param val
 ``infer``
     Loads a model by MLflow model URI, segments every sagittal slice of the volume, logs the
     inference energy, FLOPs (one forward pass over all slices), runtime and the right-hemisphere
-    Dice (the held-out half).
+    Dice (the held-out half). ``prune=FRACTION`` first zeroes that fraction of every conv weight
+    (L1 unstructured, see analysis/pruning.py).
 ``classical``
     A Gaussian mixture on T1 intensities (the "traditional pipeline" baseline): energy, runtime,
     Dice; no neural network, so no FLOPs (tag ``wattsup.model_cost=n/a``).
 ``brain_extraction``
     deepbet (pretrained, weights inside its wheel): brain mask of a T1 with skull, Dice against a
     reference mask. Defaults: Colin27 ``ch2.nii.gz`` / ``ch2bet.nii.gz`` from Debian's
-    ``mricron-data`` when installed. FLOPs are counted during the real run.
+    ``mricron-data`` when installed. FLOPs are counted during the real run. ``prune=FRACTION``
+    zeroes that fraction of every conv weight of both deepbet networks (L1 unstructured),
+    ``prune_channels=FRACTION`` removes that fraction of the channels between paired convs
+    (structured; see analysis/pruning.py); either way the run logs ``macs_nonzero``,
+    ``params_nonzero`` and ``sparsity`` beside the dense ``macs`` and ``params``.
 
 Every entry tags ``wattsup.pipeline`` and ``wattsup.device`` (the report groups on them).
 """
@@ -255,8 +260,10 @@ def infer(argv) -> int:
     p.add_argument("--resolution", default="2")
     p.add_argument("--device", default="auto")
     p.add_argument("--context", default="2")
+    p.add_argument("--prune", default="0", help="fraction of every conv weight to zero (L1 unstructured)")
     add_carbon_args(p)
     args = p.parse_args(argv)
+    prune = _fraction("prune", args.prune)
     if is_none(args.model_uri):
         raise ParamError("model_uri is required, e.g. model_uri=runs:/<train run id>/model")
     res = int_param("resolution", args.resolution, 1, 2)
@@ -277,11 +284,16 @@ def infer(argv) -> int:
         ) from None
     tags = {keys.MODEL_URI: args.model_uri}
     with _tissue_run(args, "infer", "fastsurfercnn-infer", device, res, **tags) as (t, data):
+        if prune:
+            _prune(t, [model], prune, 0.0)
         start = time.perf_counter()
         with t.stage("inference"):
             pred, shape = _predict(model, data, context, dev)
         mlflow.log_metric("inference_s", time.perf_counter() - start)
-        t.log_model_cost(model, (1, *shape[1:]), passes=shape[0])  # one forward pass per sagittal slice
+        cost = t.log_model_cost(
+            model, (1, *shape[1:]), passes=shape[0]
+        )  # one forward pass per sagittal slice
+        _log_pruning([model], cost.macs - _zero_macs(model, (1, *shape[1:]), dev) * shape[0])
         t.log_dice(_tissue_dice(pred, data))
     return 0
 
@@ -316,8 +328,12 @@ def brain_extraction(argv) -> int:
     p.add_argument("--t1", default="")
     p.add_argument("--reference-mask", default="")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--prune", default="0", help="fraction of every conv weight to zero (L1 unstructured)")
+    p.add_argument("--prune-channels", default="0", help="fraction of paired convs' channels to remove")
     add_carbon_args(p)
     args = p.parse_args(argv)
+    prune = _fraction("prune", args.prune)
+    channels = _fraction("prune_channels", args.prune_channels, below_one=True)
     t1 = path_param("t1", args.t1) or _default(COLIN_T1, "t1")
     ref = path_param("reference_mask", args.reference_mask)
     if ref is None and is_none(args.t1):
@@ -336,11 +352,11 @@ def brain_extraction(argv) -> int:
     if ref is not None:
         images.append(image_file(ref, "reference", "colin27-ch2bet" if str(ref) == COLIN_BRAIN else None))
     tracked = _track(args, "brain_extraction", "deepbet", device, **{keys.T1: str(t1)})
-    _brain_extraction(tracked, BrainExtraction, t1, ref, device, images)
+    _brain_extraction(tracked, BrainExtraction, t1, ref, device, images, prune, channels)
     return 0
 
 
-def _brain_extraction(tracked, BrainExtraction, t1, ref, device, images) -> None:
+def _brain_extraction(tracked, BrainExtraction, t1, ref, device, images, prune=0.0, channels=0.0) -> None:
     import mlflow
     import nibabel as nib
     import numpy as np
@@ -351,12 +367,24 @@ def _brain_extraction(tracked, BrainExtraction, t1, ref, device, images) -> None
     with tracked as t:
         _log_inputs(t, images)
         bet = BrainExtraction(no_gpu=device != "gpu")
-        with counting() as c, t.stage("deepbet"):
-            _, mask_img, tiv = bet.run(str(t1))
+        nets = [bet.model, bet.bbox_model]
+        if prune or channels:
+            _prune(t, nets, prune, channels)
+        with counting(*nets) as c, t.stage("deepbet"):
+            try:
+                _, mask_img, tiv = bet.run(str(t1))
+            except AssertionError as exc:  # deepbet's own checks, e.g. no brain found
+                hint = (
+                    f": its networks were pruned (prune={prune:g}, prune_channels={channels:g}), try less"
+                    if prune or channels
+                    else ""
+                )
+                raise ParamError(f"deepbet failed on t1={t1} ({exc}){hint}") from None
         params = sum(q.numel() for q in bet.model.parameters()) + sum(
             q.numel() for q in bet.bbox_model.parameters()
         )
         mlflow.log_metrics({"params": params, "macs": c.macs, "flops": 2 * c.macs, "tiv_cm3": float(tiv)})
+        _log_pruning(nets, c.macs_nonzero)
         mlflow.set_tags(
             {
                 keys.FLOPS_BACKEND: "torch-flop-counter (counted during the run)",
@@ -374,6 +402,50 @@ def _brain_extraction(tracked, BrainExtraction, t1, ref, device, images) -> None
             t.log_dice(
                 dice(pred_vol.data > 0, ref_vol.data > 0, names={1: "brain"}, names_source="binary mask")
             )
+
+
+def _fraction(name: str, value: str, below_one: bool = False) -> float:
+    v = float_param(name, "0" if is_none(value) else value, 0.0)
+    if v > 1 or (below_one and v == 1):
+        raise ParamError(f"{name}={value!r} must be a fraction from 0 to {'below 1' if below_one else '1'}")
+    return v
+
+
+def _prune(t, nets, prune: float, channels: float) -> None:
+    """Prune ``nets`` in place (channels first, then weights) in the stage ``prune``; tag what was done."""
+    import mlflow
+
+    from mlflow_wattsup.analysis.pruning import PruneError, prune_channels, prune_unstructured
+
+    done = []
+    with t.stage("prune"):
+        try:
+            if channels:
+                done.append(prune_channels(nets, channels).describe())
+            if prune:
+                done.append(prune_unstructured(nets, prune).describe())
+        except PruneError as exc:
+            raise ParamError(str(exc)) from None
+    mlflow.set_tag(keys.PRUNE, "; ".join(done))
+
+
+def _zero_macs(model, shape, dev) -> int:
+    """MACs one forward pass on ``shape`` spends on zero weights."""
+    import torch
+
+    from mlflow_wattsup.analysis.pruning import zero_weight_macs
+
+    return zero_weight_macs(model, torch.zeros(shape, device=dev))
+
+
+def _log_pruning(nets, macs_nonzero: int) -> None:
+    """``params_nonzero``, ``sparsity``, ``macs_nonzero`` (logged for every run, pruned or not)."""
+    import mlflow
+
+    from mlflow_wattsup.analysis.pruning import weight_counts
+
+    total, nonzero = weight_counts(nets)
+    mlflow.log_metrics(keys.pruning_metrics(total, nonzero, macs_nonzero))
 
 
 def _default(path: str, name: str):

@@ -6,6 +6,8 @@
 * :func:`cost_vs_dice` - energy or carbon against mean Dice, with the Pareto front (runs no other
   run beats on both cost and quality).
 * :func:`stage_energy` - energy per stage of one run (or the mean over runs), as bars.
+* :func:`sweep_pareto` - a sweep's cost against Dice: the mean per swept value, one line per
+  pipeline and device through the values in order, and the Pareto front.
 """
 
 from __future__ import annotations
@@ -208,4 +210,66 @@ def stage_energy(client, run_ids: Sequence[str], out: str | Path) -> Path:
     ax.set_xlabel("energy (Wh)" + (f", mean of {len(run_ids)} runs" if len(run_ids) > 1 else ""))
     ax.set_title("Energy per stage")
     ax.grid(alpha=0.3, axis="x")
+    return _save(fig, out)
+
+
+def sweep_pareto(runs: Sequence[RunRow], out: str | Path, names: Sequence[str], cost: str = "energy") -> Path:
+    """Mean cost (energy Wh, carbon g or runtime s) against mean Dice per swept value(s), one line
+    per pipeline and device in the order of the values (numbers numerically), each point named
+    with its value(s); the dashed step is the Pareto front over all points (no other point has
+    lower cost and higher Dice). ``runs`` carry their swept values as ``wattsup.sweep.<name>``."""
+    plt = _plt()
+    key, scale, label = {
+        "energy": (keys.ENERGY_KWH, 1000.0, "energy (Wh)"),
+        "carbon": (keys.CARBON_G, 1.0, "carbon (g CO2eq)"),
+        "runtime": (keys.DURATION_S, 1.0, "runtime (s)"),
+    }[cost]
+
+    def order(v: str) -> tuple:
+        try:
+            return (0, float(v), v)
+        except ValueError:
+            return (1, 0.0, v)
+
+    means: dict[tuple[str, str], dict[tuple[str, ...], list[tuple[float, float]]]] = {}
+    for r in runs:
+        if key not in r.metrics or "dice_mean" not in r.metrics:
+            continue
+        swept = keys.swept_values(r.tags)
+        values = tuple(swept.get(n, "-") for n in names)
+        line = (r.group_value("pipeline"), r.group_value("device"))
+        means.setdefault(line, {}).setdefault(values, []).append(
+            (r.metrics[key] * scale, r.metrics["dice_mean"])
+        )
+    if not means:
+        raise ValueError(f"no run has both {key} and dice_mean")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.get_cmap("tab10")
+    points = []
+    for i, (line, by_value) in enumerate(sorted(means.items())):
+        xs, ys, tags = [], [], []
+        for values in sorted(by_value, key=lambda v: tuple(order(x) for x in v)):
+            pts = by_value[values]
+            xs.append(sum(p[0] for p in pts) / len(pts))
+            ys.append(sum(p[1] for p in pts) / len(pts))
+            tags.append(",".join(values))
+        ax.plot(xs, ys, "-o", color=colours(i % 10), label=" / ".join(line), ms=5)
+        for x, y, t in zip(xs, ys, tags, strict=True):
+            ax.annotate(t, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        points += list(zip(xs, ys, strict=True))
+    front = _pareto(points)
+    ax.step(
+        [p[0] for p in front],
+        [p[1] for p in front],
+        where="post",
+        color="black",
+        lw=1,
+        ls="--",
+        label="Pareto front",
+    )
+    ax.set_xlabel(f"{label}, mean per value")
+    ax.set_ylabel("mean Dice")
+    ax.set_title(f"Quality vs {cost} across {', '.join(names)}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, out)

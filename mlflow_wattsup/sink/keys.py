@@ -439,3 +439,44 @@ def dist_part_metrics(
     if duration_s is not None:
         out[prefix + DURATION_S] = duration_s
     return out
+
+
+# -- issue 21: pruning, sweeps, forecasts (appended block) -----------------------------------------
+#: metrics: what a pruned network still computes (beside the dense ``params``/``macs``/``flops``)
+MACS_NONZERO = "macs_nonzero"
+PARAMS_NONZERO = "params_nonzero"
+SPARSITY = "sparsity"
+#: tag: how the run's network was pruned (method, fraction, what was removed)
+PRUNE = "wattsup.prune"
+#: child tags ``wattsup.sweep.<name>``: the value of each parameter a study swept
+SWEEP_PREFIX = "wattsup.sweep."
+#: parent params ``wattsup.study.sweep.<pipeline>.<name>``: the values swept, comma separated
+STUDY_SWEEP_PREFIX = "wattsup.study.sweep."
+#: parent tag: the subject counts forecast, the interval and the what-if (rewritten every invocation)
+STUDY_FORECAST = "wattsup.study.forecast"
+
+
+def pruning_metrics(params: int, params_nonzero: int, macs_nonzero: int | None) -> dict[str, float]:
+    """``params_nonzero``, ``sparsity`` (fraction of parameters exactly 0) and ``macs_nonzero``."""
+    out = {PARAMS_NONZERO: params_nonzero, SPARSITY: 1.0 - params_nonzero / params if params else 0.0}
+    if macs_nonzero is not None:
+        out[MACS_NONZERO] = macs_nonzero
+    return out
+
+
+def sweep_tag(name: str) -> str:
+    """``wattsup.sweep.<name>``: a child's value of the swept parameter ``name``."""
+    return SWEEP_PREFIX + name
+
+
+def sweep_tags(values: Mapping[str, str]) -> dict[str, str]:
+    return {sweep_tag(k): v for k, v in values.items()}
+
+
+def swept_values(tags: Mapping[str, str]) -> dict[str, str]:
+    """The swept parameters of a run, from its ``wattsup.sweep.*`` tags."""
+    return {k[len(SWEEP_PREFIX) :]: v for k, v in tags.items() if k.startswith(SWEEP_PREFIX)}
+
+
+def study_sweep_param(pipeline: str, name: str) -> str:
+    return f"{STUDY_SWEEP_PREFIX}{pipeline}.{name}"

@@ -15,6 +15,9 @@ An entry point without a ``device`` parameter runs on the CPU only: it gets no g
 
 A child's identity (what a resumed study matches) is its subject, pipeline, device and the
 SHA-256 of its project, entry point and filled-in parameters (``params_hash``).
+
+Sweeps (``study/sweep.py``) add one child per combination of swept values: ``plan(...,
+sweeps={pipeline: [{name: value}, ...]})``; the values are filled in like ``-P`` (and win).
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ class Child:
     device: str
     params: dict[str, str]
     params_hash: str
+    sweep: dict[str, str] = field(default_factory=dict)  # swept parameter -> this child's value
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -97,7 +101,8 @@ class Child:
 
     @property
     def run_name(self) -> str:
-        return f"{self.pipeline.name} {self.subject.id} {self.device}"
+        swept = "".join(f" {k}={v}" for k, v in self.sweep.items())
+        return f"{self.pipeline.name} {self.subject.id} {self.device}{swept}"
 
 
 def assign_params(pipelines: list[Pipeline], assignments: list[str]) -> None:
@@ -128,7 +133,9 @@ def assign_params(pipelines: list[Pipeline], assignments: list[str]) -> None:
             p.params[key] = value
 
 
-def child_params(p: Pipeline, subject: Subject, device: str, workdir: Path) -> dict[str, str]:
+def child_params(
+    p: Pipeline, subject: Subject, device: str, workdir: Path, swept: dict[str, str] | None = None
+) -> dict[str, str]:
     fill = {
         "subject": subject.id,
         "t1": str(subject.t1),
@@ -145,7 +152,7 @@ def child_params(p: Pipeline, subject: Subject, device: str, workdir: Path) -> d
             value = getattr(subject, BINDINGS[name])
             if value is not None:
                 out[name] = str(value)
-    for key, value in p.params.items():
+    for key, value in {**p.params, **(swept or {})}.items():
         try:
             out[key] = value.format(**fill)
         except (KeyError, IndexError, ValueError):
@@ -167,7 +174,11 @@ def params_hash(p: Pipeline, params: dict[str, str]) -> str:
 
 
 def plan(
-    subjects: list[Subject], pipelines: list[Pipeline], devices: list[str], workdir: Path
+    subjects: list[Subject],
+    pipelines: list[Pipeline],
+    devices: list[str],
+    workdir: Path,
+    sweeps: dict[str, list[dict[str, str]]] | None = None,
 ) -> list[Child]:
     bad = [d for d in devices if d not in DEVICES]
     if bad or not devices:
@@ -177,17 +188,19 @@ def plan(
         mine = devices if "device" in p.declared else [d for d in devices if d == "cpu"]
         if not mine:
             raise PlanError(f"pipeline {p.name} has no device parameter, so it runs on cpu: add --device cpu")
-        for device in mine:
-            for s in subjects:
-                params = child_params(p, s, device, workdir)
-                out.append(Child(s, p, device, params, params_hash(p, params)))
+        for swept in (sweeps or {}).get(p.name) or [{}]:
+            for device in mine:
+                for s in subjects:
+                    params = child_params(p, s, device, workdir, swept)
+                    out.append(Child(s, p, device, params, params_hash(p, params), dict(swept)))
     return out
 
 
-def spec_sha256(dataset_sha: str, pipelines: list[Pipeline], devices: list[str]) -> str:
-    """What a study asks for: the dataset, the pipelines with their parameters, the devices."""
-    blob = json.dumps(
-        [dataset_sha, [[p.name, str(p.project_dir), p.entry_point, p.params] for p in pipelines], devices],
-        sort_keys=True,
-    )
+def spec_sha256(
+    dataset_sha: str, pipelines: list[Pipeline], devices: list[str], sweeps: list | None = None
+) -> str:
+    """What a study asks for: the dataset, the pipelines with their parameters, the devices, and
+    the sweeps (when there are any: a study without keeps the id it always had)."""
+    spec = [dataset_sha, [[p.name, str(p.project_dir), p.entry_point, p.params] for p in pipelines], devices]
+    blob = json.dumps(spec + [sweeps] if sweeps else spec, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -6,6 +6,10 @@ Tags: every run of a study carries ``wattsup.study`` (the study id) and ``wattsu
 ``wattsup.device``, ``wattsup.study.params_hash`` and ``wattsup.study.attempt``, and
 ``mlflow.parentRunId``, so ``search_runs`` and ``wattsup report --filter`` group them.
 
+Sweeps (``--sweep``, study/sweep.py): one child per swept value, tagged ``wattsup.sweep.<name>``;
+the report is then grouped by the values too. Every study also writes the long per-label Dice
+table and ends its report with a forecast for more subjects (study/outputs.py).
+
 Resuming: the same study (same id) skips every child whose subject, pipeline, device and
 parameters already have a FINISHED run; a child still SCHEDULED/RUNNING from a study that died is
 cancelled (its SLURM job scancel'ed), marked KILLED and run again; FAILED and KILLED ones run
@@ -34,6 +38,8 @@ from mlflow_wattsup.backends.common import (
     check_cluster_store,
 )
 from mlflow_wattsup.sink import keys
+from mlflow_wattsup.study import sweep as sweeping
+from mlflow_wattsup.study.outputs import Extras
 from mlflow_wattsup.study.pairing import StudyAgreement
 from mlflow_wattsup.study.plan import Child, Pipeline, spec_sha256
 from mlflow_wattsup.study.subjects import Subject, dataset_sha256
@@ -74,6 +80,8 @@ class Study:
         workdir: str | Path | None = None,
         log: Callable[[str], None] | None = None,
         agreement: list[tuple[str, str]] | None = None,
+        sweeps: list[sweeping.Sweep] | None = None,
+        extras: Extras | None = None,
     ):
         from mlflow_wattsup.sink.transport import Store
 
@@ -85,7 +93,9 @@ class Study:
         self.dataset = Path(dataset).absolute()
         root = self.dataset if self.dataset.is_dir() else self.dataset.parent
         self.dataset_sha = dataset_sha256(subjects, root)
-        self.spec_sha = spec_sha256(self.dataset_sha, pipelines, devices)
+        self.sweeps = list(sweeps or [])
+        self.extras = extras or Extras(sweeping.names(self.sweeps))
+        self.spec_sha = spec_sha256(self.dataset_sha, pipelines, devices, sweeping.spec(self.sweeps))
         self.study_id = name or f"study-{self.spec_sha[:12]}"
         self.backend = backend
         self.retries = retries
@@ -144,6 +154,7 @@ class Study:
         for p in self.pipelines:
             for k, v in sorted(p.params.items()):
                 params[f"{keys.STUDY_PARAM_PREFIX}{p.name}.{k}"] = v[:6000]
+        params.update({k: v[:6000] for k, v in sweeping.parent_params(self.sweeps).items()})
         self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
         return run.info.run_id
 
@@ -179,6 +190,7 @@ class Study:
             keys.DEVICE: c.device,
             keys.STUDY_PARAMS_HASH: c.params_hash,
             keys.STUDY_ATTEMPT: str(attempt),
+            **keys.sweep_tags(c.sweep),
         }
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=c.run_name)
         run_id = run.info.run_id
@@ -407,7 +419,19 @@ class Study:
                     pass
         if self.agreement is not None:  # the agreement across subjects, under the cost table
             self._report_md = self.agreement.write(parent, out, latest, self._report_md)
+        self._outputs(parent, out, finished)
         self.client.log_artifacts(parent, str(out), artifact_path="study")
+
+    def _outputs(self, parent: str, out: Path, finished: set[str]) -> None:
+        """The sweep table, the long Dice table, the forecast, the Pareto plot (study/outputs.py)."""
+        from mlflow_wattsup.study import outputs
+
+        children = [r for r in self._search("child") if r.info.run_id in finished]
+        self._report_md, forecast = outputs.write(
+            out, children, len(self.subjects), self.extras, self._report_md, self.uri, self.log
+        )
+        if forecast:
+            self.client.set_tag(parent, keys.STUDY_FORECAST, forecast)
 
     def _retag(self, rows, by_run: dict[str, Child]) -> None:
         """A pipeline may tag its runs with its own name; the study's names win (two variants of
