@@ -340,15 +340,18 @@ def _name(smi: Any, handle: Any) -> str:
     return name if name and name != "N/A" else "AMD GPU"
 
 
-def _power_field(smi: Any, handle: Any) -> str | None:
+def _power_field(smi: Any, handle: Any) -> tuple[str | None, float | None]:
+    """The power field this GPU reports (current, else average, else the pre-6.x socket power)
+    and its value now (W); (None, None) when it reports none."""
     try:
         info = smi.amdsmi_get_power_info(handle)
     except Exception:
-        return None
+        return None, None
     for key in ("current_socket_power", "average_socket_power", "socket_power"):
-        if _watts(info.get(key)) is not None:
-            return key
-    return None
+        watts = _watts(info.get(key))
+        if watts is not None:
+            return key, watts
+    return None, None
 
 
 def _power_cap_w(smi: Any, handle: Any) -> float | None:
@@ -399,7 +402,7 @@ def open_amdsmi(smi: Any = None) -> AmdsmiMeter | None:
         with contextlib.suppress(Exception):
             smi.amdsmi_shut_down()
         return None
-    meter.read()  # prime power integration and the process engine times
+    meter.read(pids=())  # prime power integration and the processes' engine times
     return meter
 
 
@@ -409,7 +412,7 @@ def _open(smi: Any) -> AmdsmiMeter | None:
         return None
     names = [_name(smi, h) for h in handles]
     uuids = [_uuid(smi, h) for h in handles]
-    fields = [_power_field(smi, h) for h in handles]
+    fields, watts = zip(*(_power_field(smi, h) for h in handles), strict=True)
     notes: list[str] = []
     gpus: list[_AmdGpu] = []
     seen: set[int] = set()
@@ -418,7 +421,7 @@ def _open(smi: Any) -> AmdsmiMeter | None:
         if "MI250" in names[i].upper():  # two dies; the even one reports both (see module doc)
             even = i - i % 2
             odd = even + 1
-            if odd < len(handles) and "MI250" in names[odd].upper() and fields[odd] is None:
+            if odd < len(handles) and "MI250" in names[odd].upper() and not watts[odd]:  # N/A or 0 W
                 reporter, dies = even, [even, odd]
                 notes.append(
                     f"GPU {even} and GPU {odd} are the two dies of one {names[even]}: AMD reports "
