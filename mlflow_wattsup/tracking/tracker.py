@@ -28,6 +28,12 @@ never moved) or ``rapl+estimate``; a GPU counter that stalls, runs backwards or 
 board's power cap falls back to integrated power, and a GPU that reports neither is
 ``unmeasured`` (:mod:`.gpu_energy`). Each is said once in ``warnings``, never a confident 0.
 
+SLURM (inside a job step, :mod:`mlflow_wattsup.meters.slurm`): the step's own
+``ConsumedEnergyRaw`` is read at the start (in the background) and at the end, and their
+difference is :attr:`Totals.slurm`, beside our figures and never mixed into them: it is the node's
+energy, the job's only for an exclusive allocation (``Totals.slurm.allocation`` says which), and
+"not collected" where SLURM reports 0 or nothing.
+
 Nothing here imports MLflow; results go to ``on_sample`` callbacks and :class:`Totals`.
 """
 
@@ -44,6 +50,7 @@ from typing import Any
 
 from mlflow_wattsup.meters import amdsmi as amdsmi_meter
 from mlflow_wattsup.meters import nvml as nvml_meter
+from mlflow_wattsup.meters import slurm as slurm_meter
 from mlflow_wattsup.meters.estimator import CpuPowerModel, RamPowerModel, cpu_power_model
 from mlflow_wattsup.meters.proctree import MachineMeter, ProcessTreeMeter
 from mlflow_wattsup.meters.rapl import RaplMeter, RaplUnavailable, open_rapl
@@ -106,6 +113,8 @@ class Totals:
     sources: Sources
     samples: int
     warnings: dict[str, str] = field(default_factory=dict)
+    #: SLURM's own accounting of the job step over the run (None outside a SLURM job)
+    slurm: slurm_meter.SlurmEnergy | None = None
 
     @property
     def energy_kwh(self) -> float:
@@ -147,7 +156,9 @@ class Tracker:
     open :class:`RaplMeter`; ``nvml``: ``None`` for pynvml, ``False`` to skip NVIDIA GPUs, or a
     module object with pynvml's API (tests pass a fake); ``amdsmi``: the same for AMD GPUs (read
     only where no NVIDIA GPU is). ``stall_s``: seconds a counter may stand still while its device
-    is busy before it is no longer trusted (:mod:`mlflow_wattsup.meters.sanity`).
+    is busy before it is no longer trusted (:mod:`mlflow_wattsup.meters.sanity`). ``slurm``:
+    ``None`` for the SLURM job step we run in (if any), ``False`` to skip, or a
+    :class:`~mlflow_wattsup.meters.slurm.SlurmAccounting`.
     """
 
     def __init__(
@@ -164,6 +175,7 @@ class Tracker:
         on_sample: Callable[[Sample], None] | None = None,
         amdsmi: Any = None,
         stall_s: float = STALL_S,
+        slurm: Any = None,
     ):
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -199,6 +211,11 @@ class Tracker:
         self._gpu_energy = (
             GpuEnergy(self.gpu.source.split("-")[0], self.gpu.names, stall_s) if self.gpu else None
         )
+        self.slurm: slurm_meter.SlurmAccounting | None = (
+            None if slurm is False else slurm if slurm is not None else slurm_meter.open_slurm()
+        )
+        self._slurm_start: tuple[slurm_meter.StepReading, slurm_meter.Allocation] | None = None
+        self._slurm_thread: threading.Thread | None = None
         self._pkg_check = CounterCheck("RAPL package counters", stall_s=stall_s)
         self._dram_check = CounterCheck("RAPL DRAM counters", stall_s=stall_s)
         self._dram_trusted = True
@@ -260,7 +277,32 @@ class Tracker:
         self._last_step = 0
         self._thread = threading.Thread(target=self._loop, name="wattsup-sampler", daemon=True)
         self._thread.start()
+        if self.slurm is not None:  # sstat and scontrol take a moment: not on the start-up path
+            self._slurm_thread = threading.Thread(target=self._slurm_begin, name="wattsup-slurm", daemon=True)
+            self._slurm_thread.start()
         return self
+
+    def _slurm_begin(self) -> None:
+        try:
+            self._slurm_start = (self.slurm.read(), self.slurm.allocation())
+        except Exception as exc:  # never let SLURM's accounting break the run
+            self.warnings.setdefault("slurm", f"{type(exc).__name__}: {exc}")
+
+    def _slurm_end(self) -> slurm_meter.SlurmEnergy | None:
+        if self.slurm is None:
+            return None
+        if self._slurm_thread is not None:
+            self._slurm_thread.join(timeout=60)
+        try:
+            end = self.slurm.read()
+        except Exception as exc:
+            end = slurm_meter.StepReading(self.slurm.step, None, "none", f"{type(exc).__name__}: {exc}")
+        if self._slurm_start is None:
+            start = slurm_meter.StepReading(self.slurm.step, None, "none", "not read at the start")
+            allocation = slurm_meter.Allocation("unknown")
+        else:
+            start, allocation = self._slurm_start
+        return slurm_meter.run_energy(start, end, allocation)
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self._t0
@@ -294,6 +336,7 @@ class Tracker:
         self._stop_evt.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        slurm = self._slurm_end()  # subprocesses: not under the lock
         with self._lock:
             self.sample(emit=True, final=True)
             duration = self._prev.t - self._t0
@@ -305,6 +348,7 @@ class Tracker:
                 sources=self.sources,
                 samples=self._samples,
                 warnings=dict(self.warnings),
+                slurm=slurm,
             )
         for meter in (self.rapl, self.gpu):
             if meter is not None:

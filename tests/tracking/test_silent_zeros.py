@@ -162,3 +162,20 @@ def test_frozen_dram_alone_falls_back_to_the_ram_estimate(tmp_path):
     assert tot.sources.cpu == "rapl" and tot.sources.ram == "estimate"
     assert tot.machine_energy.cpu_j == pytest.approx(15.0)
     assert tot.energy.ram_j >= 0 and "RAPL DRAM counters" in tot.warnings["ram"]
+
+
+@pytest.mark.parametrize(
+    "source, words",
+    [
+        ("amdsmi-energy", "GPU measured (amdsmi energy counter)"),
+        ("amdsmi-power", "GPU measured (amdsmi power samples, integrated)"),
+        ("unmeasured", "GPU **not measured**"),
+        ("nvml-energy+unmeasured", "GPU measured (NVML energy counter), partly **not measured**"),
+    ],
+)
+def test_the_run_description_says_how_the_gpu_figure_was_obtained(source, words):
+    from mlflow_wattsup.report import description
+
+    tags = {"wattsup.source.cpu": "rapl", "wattsup.source.gpu": source, "wattsup.source.ram": "rapl"}
+    text = description.run_markdown({"energy_kwh": 1e-3, "energy_gpu_kwh": 1e-3, "carbon_g": 0.4}, {}, tags)
+    assert words in text
