@@ -35,7 +35,9 @@ Checks (GPU 0 of what NVML sees, the device the work runs on):
 
 ``--device cpu`` runs the same checks with torch work on the CPU standing in for the GPU's; the
 tests do that against a simulated NVML (tests/support/fakes/simgpu), so a lent GPU machine is not
-the first run of this code. ``--quick`` shortens every phase (for those tests).
+the first run of this code. ``--quick`` shortens every phase (for those tests); ``--checks`` runs a
+subset (``power,interval,tracker,runner,shared,visible,vinn,mlflow``). A check that raises becomes
+a FAIL row and the others still run.
 """
 
 from __future__ import annotations

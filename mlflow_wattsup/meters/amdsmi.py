@@ -34,7 +34,9 @@ Which GPUs are visible follows ROCm's order of isolation: ``ROCR_VISIBLE_DEVICES
 entry ends the list. Indices are HIP indices (``amdsmi_get_gpu_enumeration_info``'s ``hip_id``
 where the library has it, else amdsmi's own order).
 
-No ``/dev/kfd`` (no AMD driver) is not an error: :func:`open_amdsmi` returns ``None``.
+No ``/dev/kfd`` (no AMD driver) is not an error: :func:`open_amdsmi` returns ``None``. libamd_smi
+before ROCm 7.2 is not thread-safe (Zeus's notes): the tracker reads the meter under its own lock,
+one call at a time.
 """
 
 from __future__ import annotations

@@ -377,8 +377,8 @@ SOURCE_SLURM = "wattsup.source.slurm"
 SLURM_ENERGY = "wattsup.slurm.energy"
 #: tag: the share rule: ``exclusive (OverSubscribe=NO): the node's energy is the job's``, ``shared ...``
 SLURM_ALLOCATION = "wattsup.slurm.allocation"
-#: values of ``wattsup.source.gpu`` added by issue 22 (besides ``nvml-energy``, ``nvml-power``, ``none``)
-GPU_SOURCES_AMD = ("amdsmi-energy", "amdsmi-power")
+#: ``wattsup.source.gpu`` of a GPU that reports neither energy nor power (``<source>+unmeasured``:
+#: for part of the run); the other values added by issue 22 are ``amdsmi-energy``, ``amdsmi-power``
 GPU_UNMEASURED = "unmeasured"
 
 
