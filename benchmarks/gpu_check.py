@@ -47,6 +47,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -488,16 +489,18 @@ class GpuCheck:
         uri = f"sqlite:///{tmp}/mlflow.db"
         # carbon is not what is checked, and CodeCarbon's intensity tables are not on the lent machine
         os.environ.setdefault("WATTSUP_CARBON_INTENSITY", "475")
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network there
         env = self.child_env()
-        env.update(
-            MLFLOW_TRACKING_URI=uri, MLFLOW_DISABLE_TELEMETRY="true", WATTSUP_SPOOL_DIR=str(tmp / "spool")
-        )
-        if self.budget_left("wattsup run: GPU energy vs counter"):
-            self._wattsup_run(env, uri, tmp)
-        if self.budget_left("track(): GPU energy vs counter"):
-            self._track(uri)
-        if self.budget_left("mlflow run projects/segmentation -e train"):
-            self._mlflow_run(env, uri, tmp)
+        env.update(MLFLOW_TRACKING_URI=uri, WATTSUP_SPOOL_DIR=str(tmp / "spool"))
+        try:
+            if self.budget_left("wattsup run: GPU energy vs counter"):
+                self._wattsup_run(env, uri, tmp)
+            if self.budget_left("track(): GPU energy vs counter"):
+                self._track(uri)
+            if self.budget_left("mlflow run projects/segmentation -e train"):
+                self._mlflow_run(env, uri, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _logged_totals(self, run):
         from types import SimpleNamespace
