@@ -24,9 +24,9 @@ def test_no_test_module_imports_another():
 
 
 def test_tests_mirror_the_package():
-    """Every test folder is a package folder, support/ or integration/."""
+    """Every test folder is a package folder, the repository's benchmarks/, support/ or integration/."""
     import mlflow_wattsup
 
-    allowed = set(mlflow_wattsup.LAYERS) | {"support", "integration", "__pycache__"}
+    allowed = set(mlflow_wattsup.LAYERS) | {"support", "integration", "benchmarks", "__pycache__"}
     folders = {p.name for p in TESTS.iterdir() if p.is_dir() and not p.name.startswith(".")}
     assert folders <= allowed, sorted(folders - allowed)

@@ -3,7 +3,11 @@
 Per visible GPU, energy comes from ``nvmlDeviceGetTotalEnergyConsumption`` (millijoules since
 driver load, Volta and newer) when the device supports it, else from integrating
 ``nvmlDeviceGetPowerUsage`` (milliwatts, itself a short moving average) over the sample times.
-The counter is preferred: sampled power can miss most of a bursty load.
+The counter is preferred: sampled power can miss most of a bursty load. Power is read and
+integrated for every GPU all the same (``GpuReading.power_energy_j``), so that when a counter turns
+out to be stalled or impossible (:mod:`.sanity`, checked by the tracker) the figure can fall back
+to power for that GPU; ``max_power_w`` (the enforced power limit, W) bounds what a counter may
+plausibly add per second.
 
 Which GPUs are visible follows ``CUDA_VISIBLE_DEVICES`` (indices or ``GPU-``/``MIG-`` UUID
 prefixes; an empty value or an invalid entry ends the list, as CUDA does). Integer indices are
@@ -20,6 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlflow_wattsup.meters.sanity import plausible_power_w
+
 SOURCE_ENERGY = "nvml-energy"
 SOURCE_POWER = "nvml-power"
 SOURCE_NONE = "none"
@@ -27,16 +33,24 @@ SOURCE_NONE = "none"
 
 @dataclass(frozen=True)
 class GpuReading:
-    """One GPU at one instant. ``energy_j`` is cumulative since the meter opened.
+    """One GPU at one instant. ``energy_j`` is cumulative since the meter opened (J): the energy
+    counter where the GPU has one, else integrated power.
 
     ``share`` is the fraction of the device's activity since the previous reading that belongs to
     the tracked processes (``None`` when NVML could not say, see :meth:`NvmlMeter.read`).
+    ``counter_j``: the energy counter since the meter opened (J), None without one;
+    ``power_energy_j``: the trapezoidal integral of the plausible power readings since the meter
+    opened (J), None when NVML never reported power; ``power_w``: this reading's power (W);
+    ``max_power_w``: the GPU's enforced power limit (W), None when NVML does not say.
     """
 
     index: int
     energy_j: float
     power_w: float | None
     share: float | None
+    counter_j: float | None = None
+    power_energy_j: float | None = None
+    max_power_w: float | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +71,9 @@ class _Gpu:
     uuid: str
     has_counter: bool
     start_mj: int = 0
-    energy_j: float = 0.0  # integrated, when there is no counter
+    energy_j: float = 0.0  # integrated power (J), kept for every GPU
+    max_power_w: float | None = None
+    power_seen: bool = False
     last_power_w: float | None = None
     last_s: float | None = None
     last_util_ts_us: int = 0
@@ -114,22 +130,27 @@ class NvmlMeter:
         out = []
         for g in self._gpus:
             power_w = self._power_w(g)
+            counter_j = None
             if g.has_counter:
-                energy_j = (self._nvml.nvmlDeviceGetTotalEnergyConsumption(g.handle) - g.start_mj) / 1e3
-            else:
-                if power_w is not None and g.last_power_w is not None and g.last_s is not None:
+                counter_j = (self._nvml.nvmlDeviceGetTotalEnergyConsumption(g.handle) - g.start_mj) / 1e3
+            if power_w is not None:
+                g.power_seen = True
+                if g.last_power_w is not None and g.last_s is not None:
                     g.energy_j += 0.5 * (power_w + g.last_power_w) * (now - g.last_s)
-                energy_j = g.energy_j
             g.last_power_w, g.last_s = power_w, now
             share = self._share(g, wanted) if wanted is not None else None
-            out.append(GpuReading(g.index, energy_j, power_w, share))
+            power_j = g.energy_j if g.power_seen else None
+            energy_j = counter_j if counter_j is not None else g.energy_j
+            out.append(GpuReading(g.index, energy_j, power_w, share, counter_j, power_j, g.max_power_w))
         return NvmlReading(now, out)
 
     def _power_w(self, g: _Gpu) -> float | None:
+        """This instant's power (W), None when NVML does not report it or reports the impossible."""
         try:
-            return self._nvml.nvmlDeviceGetPowerUsage(g.handle) / 1e3
+            raw_w = self._nvml.nvmlDeviceGetPowerUsage(g.handle) / 1e3
         except self._nvml.NVMLError:
             return None
+        return plausible_power_w(raw_w, g.max_power_w)
 
     def _share(self, g: _Gpu, ours: set[int]) -> float | None:
         nv = self._nvml
@@ -184,6 +205,15 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
+def _power_limit_w(nvml: Any, handle: Any) -> float | None:
+    """The GPU's enforced power limit (W), None when NVML does not say."""
+    try:
+        limit_w = nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1e3
+    except Exception:  # NVMLError, or an old binding without the call
+        return None
+    return limit_w if limit_w > 0 else None
+
+
 def _decode(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -224,7 +254,9 @@ def open_nvml(nvml: Any = None) -> NvmlMeter | None:
                 has_counter = True
             except nvml.NVMLError:
                 start_mj, has_counter = 0, False
-            gpus.append(_Gpu(i, h, _decode(nvml.nvmlDeviceGetName(h)), uuids[i], has_counter, start_mj))
+            gpu = _Gpu(i, h, _decode(nvml.nvmlDeviceGetName(h)), uuids[i], has_counter, start_mj)
+            gpu.max_power_w = _power_limit_w(nvml, h)
+            gpus.append(gpu)
     except Exception:
         try:
             nvml.nvmlShutdown()

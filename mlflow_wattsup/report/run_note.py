@@ -19,12 +19,17 @@ def source_words(source: str | None) -> str:
     s = source or ""
     if s.startswith("import"):
         return f"imported ({s.split('-', 1)[1]})" if "-" in s else "imported"
+    if s.endswith("+" + keys.GPU_UNMEASURED):  # a GPU that could not be measured for part of the run
+        return source_words(s.rsplit("+", 1)[0]) + ", partly **not measured** (see the warning)"
     return {
         "rapl": "measured (RAPL counters)",
         "rapl+estimate": "measured (RAPL), then **estimated** after a meter failure",
         "estimate": "**estimated**",
         "nvml-energy": "measured (NVML energy counter)",
         "nvml-power": "measured (NVML power samples, integrated)",
+        "amdsmi-energy": "measured (amdsmi energy counter)",
+        "amdsmi-power": "measured (amdsmi power samples, integrated)",
+        keys.GPU_UNMEASURED: "**not measured** (no energy counter or power reading; see the warning)",
         "": "source not recorded",
     }.get(s, s)
 
@@ -64,6 +69,12 @@ def _energy_line(m: Mapping[str, float], p: Mapping[str, str], t: Mapping[str, s
         line += ": " + "; ".join(how)
     if "machine_energy_kwh" in m:
         line += f". Whole machine over the same time: {energy_kwh(m['machine_energy_kwh'])}"
+    if keys.SOURCE_SLURM in t:  # SLURM's own accounting, beside ours (issue 22)
+        slurm = (
+            t.get(keys.SLURM_ALLOCATION, "") if keys.SLURM_ENERGY_KWH in m else t.get(keys.SLURM_ENERGY, "")
+        )
+        got = energy_kwh(m[keys.SLURM_ENERGY_KWH]) if keys.SLURM_ENERGY_KWH in m else "not collected"
+        line += f". SLURM's accounting: {got} ({md(slurm)})"
     return line + "."
 
 

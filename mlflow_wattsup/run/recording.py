@@ -85,9 +85,13 @@ class Recording:
             )
             self.sink.log_metrics(stage_metrics([block, *self._stages()], self.carbon))
         else:
-            self.sink.log_metrics(summary_metrics(totals, self.carbon))
+            self.sink.log_metrics(
+                {**summary_metrics(totals, self.carbon), **keys.slurm_metrics(totals.slurm)}
+            )
             self.sink.log_metrics(stage_metrics(self._stages(), self.carbon))
-            self.sink.set_tags({**source_tags(totals), **keys.warning_tags(totals.warnings)})
+            self.sink.set_tags(
+                {**source_tags(totals), **keys.slurm_tags(totals.slurm), **keys.warning_tags(totals.warnings)}
+            )
         if extra_tags:
             self.sink.set_tags(extra_tags)
         return totals
@@ -117,7 +121,17 @@ def summary_text(where: list[str], totals: Totals, carbon: CarbonConfig, exit_co
         f"  carbon  {carbon.carbon_g(e.total_j):.4g} g CO2eq at {carbon.intensity.g_per_kwh:.4g} g/kWh "
         f"({carbon.intensity.region or 'no region'}: {carbon.intensity.source}), PUE {carbon.pue:g}",
         f"  cpu time {totals.cpu_s:.1f} s; mean power {totals.power_mean_w:.1f} W",
+        *([_slurm_line(totals.slurm)] if totals.slurm is not None else []),
         *(f"  {line}" for line in where),
     ]
     lines += [f"  warning ({k}): {v}" for k, v in totals.warnings.items()]
     return "\n".join(lines)
+
+
+def _slurm_line(slurm) -> str:
+    """SLURM's own figure beside ours: its value and share rule, or why there is none."""
+    from mlflow_wattsup.report.numbers import energy_j
+
+    if slurm.energy_j is None:
+        return f"  slurm   not collected ({slurm.detail})"
+    return f"  slurm   {energy_j(slurm.energy_j)} by SLURM's accounting ({slurm.allocation.rule})"

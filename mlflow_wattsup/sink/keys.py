@@ -480,3 +480,35 @@ def swept_values(tags: Mapping[str, str]) -> dict[str, str]:
 
 def study_sweep_param(pipeline: str, name: str) -> str:
     return f"{STUDY_SWEEP_PREFIX}{pipeline}.{name}"
+
+
+# -- SLURM's own energy accounting and the GPU/counter sources of issue 22 (meters/slurm.py,
+# meters/amdsmi.py, meters/sanity.py) ---------------------------------------------------------------
+#: metric (kWh): the job step's energy by SLURM's accounting over the run (its ConsumedEnergyRaw at
+#: the end minus at the start); logged only where SLURM collected it (never a 0 meaning "no plugin")
+SLURM_ENERGY_KWH = "slurm_energy_kwh"
+#: tag: ``slurm`` when ``slurm_energy_kwh`` was logged, ``not collected`` when SLURM reported 0 or nothing
+SOURCE_SLURM = "wattsup.source.slurm"
+#: tag: how SLURM's figure was read (step, sstat/sacct, values), or why there is none
+SLURM_ENERGY = "wattsup.slurm.energy"
+#: tag: the share rule: ``exclusive (OverSubscribe=NO): the node's energy is the job's``, ``shared ...``
+SLURM_ALLOCATION = "wattsup.slurm.allocation"
+#: ``wattsup.source.gpu`` of a GPU that reports neither energy nor power (``<source>+unmeasured``:
+#: for part of the run); the other values added by issue 22 are ``amdsmi-energy``, ``amdsmi-power``
+GPU_UNMEASURED = "unmeasured"
+
+
+def slurm_metrics(slurm: Any) -> dict[str, float]:
+    """``slurm_energy_kwh`` of a :class:`~mlflow_wattsup.meters.slurm.SlurmEnergy` that SLURM
+    collected; nothing for None (not in a SLURM job) or "not collected"."""
+    if slurm is None or slurm.energy_j is None:
+        return {}
+    return {SLURM_ENERGY_KWH: kwh(slurm.energy_j)}
+
+
+def slurm_tags(slurm: Any) -> dict[str, str]:
+    """``wattsup.source.slurm``, ``wattsup.slurm.energy`` and ``wattsup.slurm.allocation`` of a run
+    inside a SLURM job (nothing outside one)."""
+    if slurm is None:
+        return {}
+    return {SOURCE_SLURM: slurm.source, SLURM_ENERGY: slurm.detail, SLURM_ALLOCATION: slurm.allocation.rule}

@@ -11,15 +11,28 @@ RAM
     RAPL dram zones: machine energy = dram delta, the run's share = ``tree RSS / memory in use``.
     Otherwise ``RAM_W_PER_GB`` times the tree's resident GB (run) or memory in use (machine).
 GPU
-    NVML energy counter (or integrated power) delta per device, times the share of the device
-    used by the tree's processes; where NVML cannot map processes (PID namespaces) the whole
-    device is attributed and ``attribution_gpu`` says ``device``.
+    NVML (NVIDIA) or amdsmi (AMD) energy counter (or integrated power) delta per device, times
+    the share of the device used by the tree's processes; where the driver cannot map processes
+    (PID namespaces) the whole device is attributed and ``attribution_gpu`` says ``device``.
 
 Totals depend only on counter and CPU-time deltas, not on how many samples arrived, so a
 sampler thread starved by a busy GIL still gives exact estimator totals (and RAPL totals as
 exact as the per-interval shares). A meter that fails mid-run is recorded once in
 ``warnings`` and measurement goes on without it (CPU falls back to the estimator, and its
 source becomes ``rapl+estimate``).
+
+Silent zeros and impossible values (:mod:`mlflow_wattsup.meters.sanity`): a RAPL counter that stays
+readable but does not move while the CPUs are busy (or never moves over the run) is dropped and
+the CPU (or DRAM) figure is estimated from the last time it moved, with source ``estimate`` (it
+never moved) or ``rapl+estimate``; a GPU counter that stalls, runs backwards or jumps beyond the
+board's power cap falls back to integrated power, and a GPU that reports neither is
+``unmeasured`` (:mod:`.gpu_energy`). Each is said once in ``warnings``, never a confident 0.
+
+SLURM (inside a job step, :mod:`mlflow_wattsup.meters.slurm`): the step's own
+``ConsumedEnergyRaw`` is read at the start (in the background) and at the end, and their
+difference is :attr:`Totals.slurm`, beside our figures and never mixed into them: it is the node's
+energy, the job's only for an exclusive allocation (``Totals.slurm.allocation`` says which), and
+"not collected" where SLURM reports 0 or nothing.
 
 Nothing here imports MLflow; results go to ``on_sample`` callbacks and :class:`Totals`.
 """
@@ -35,11 +48,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlflow_wattsup.meters import amdsmi as amdsmi_meter
 from mlflow_wattsup.meters import nvml as nvml_meter
+from mlflow_wattsup.meters import slurm as slurm_meter
 from mlflow_wattsup.meters.estimator import CpuPowerModel, RamPowerModel, cpu_power_model
 from mlflow_wattsup.meters.proctree import MachineMeter, ProcessTreeMeter
 from mlflow_wattsup.meters.rapl import RaplMeter, RaplUnavailable, open_rapl
+from mlflow_wattsup.meters.sanity import STALL_S, STALLED, CounterCheck, Problem
 from mlflow_wattsup.meters.units import Energy
+from mlflow_wattsup.tracking.gpu_energy import GpuEnergy
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,8 @@ class Totals:
     sources: Sources
     samples: int
     warnings: dict[str, str] = field(default_factory=dict)
+    #: SLURM's own accounting of the job step over the run (None outside a SLURM job)
+    slurm: slurm_meter.SlurmEnergy | None = None
 
     @property
     def energy_kwh(self) -> float:
@@ -116,8 +135,7 @@ class _Reading:
     mem_used: int
     pkg_j: float | None
     dram_j: float | None
-    gpu_j: list[float] | None
-    gpu_share: list[float | None] | None
+    gpus: list[Any] | None  # the GPU meter's per-GPU readings
 
 
 _STAGE_OK = re.compile(r"[^A-Za-z0-9_\-./]")
@@ -135,8 +153,12 @@ class Tracker:
 
     ``tree``: the :class:`ProcessTreeMeter` of what to attribute (default: this process and its
     children). ``rapl``: ``None`` to open the default powercap root, ``False`` to skip RAPL, or an
-    open :class:`RaplMeter`; ``nvml``: ``None`` for pynvml, ``False`` to skip GPUs, or a module
-    object with pynvml's API (tests pass a fake).
+    open :class:`RaplMeter`; ``nvml``: ``None`` for pynvml, ``False`` to skip NVIDIA GPUs, or a
+    module object with pynvml's API (tests pass a fake); ``amdsmi``: the same for AMD GPUs (read
+    only where no NVIDIA GPU is). ``stall_s``: seconds a counter may stand still while its device
+    is busy before it is no longer trusted (:mod:`mlflow_wattsup.meters.sanity`). ``slurm``:
+    ``None`` for the SLURM job step we run in (if any), ``False`` to skip, or a
+    :class:`~mlflow_wattsup.meters.slurm.SlurmAccounting`.
     """
 
     def __init__(
@@ -151,6 +173,9 @@ class Tracker:
         cpu_model: CpuPowerModel | None = None,
         ram_model: RamPowerModel | None = None,
         on_sample: Callable[[Sample], None] | None = None,
+        amdsmi: Any = None,
+        stall_s: float = STALL_S,
+        slurm: Any = None,
     ):
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -176,7 +201,24 @@ class Tracker:
                     self.notes.append(str(exc))
         if self.rapl is not None and self.rapl.denied_hint:
             self.notes.append(self.rapl.denied_hint)
-        self.gpu: nvml_meter.NvmlMeter | None = None if nvml is False else nvml_meter.open_nvml(nvml)
+        self.gpu: Any = None if nvml is False else nvml_meter.open_nvml(nvml)
+        if self.gpu is None and amdsmi is not False:
+            try:
+                self.gpu = amdsmi_meter.open_amdsmi(amdsmi)
+            except amdsmi_meter.AmdsmiUnavailable as exc:  # an AMD GPU we cannot read: say why
+                self.notes.append(str(exc))
+            self.notes.extend(getattr(self.gpu, "notes", []))
+        self._gpu_energy = (
+            GpuEnergy(self.gpu.source.split("-")[0], self.gpu.names, stall_s) if self.gpu else None
+        )
+        self.slurm: slurm_meter.SlurmAccounting | None = (
+            None if slurm is False else slurm if slurm is not None else slurm_meter.open_slurm()
+        )
+        self._slurm_start: tuple[slurm_meter.StepReading, slurm_meter.Allocation] | None = None
+        self._slurm_thread: threading.Thread | None = None
+        self._pkg_check = CounterCheck("RAPL package counters", stall_s=stall_s)
+        self._dram_check = CounterCheck("RAPL DRAM counters", stall_s=stall_s)
+        self._dram_trusted = True
 
         self._cpu_source = "rapl" if self.rapl else "estimate"
         self._ram_source = "rapl" if (self.rapl and self.rapl.has_dram) else "estimate"
@@ -193,7 +235,12 @@ class Tracker:
 
     @property
     def sources(self) -> Sources:
-        gpu = self.gpu.source if self.gpu else nvml_meter.SOURCE_NONE
+        if self._gpu_energy is None:
+            gpu = nvml_meter.SOURCE_NONE
+        elif self._started and self._samples:
+            gpu = self._gpu_energy.source  # as measured, fallbacks included
+        else:
+            gpu = self.gpu.source if self.gpu else nvml_meter.SOURCE_NONE
         return Sources(self._cpu_source, gpu, self._ram_source, self._gpu_attr)
 
     def exclusive(self) -> threading.RLock:
@@ -220,12 +267,42 @@ class Tracker:
         self._stage_stack: list[str] = []
         self._samples = 0
         self._prev = self._read()
+        self._pkg_moved = self._dram_moved = self._prev  # the readings where RAPL last moved
+        if self._prev.pkg_j is not None:
+            self._pkg_check.check(0.0, self._prev.pkg_j, active=False)
+        if self._prev.dram_j is not None:
+            self._dram_check.check(0.0, self._prev.dram_j, active=False)
         self._series.append((0.0, Energy(), 0.0))
         self._last_emit = (0.0, Energy())
         self._last_step = 0
         self._thread = threading.Thread(target=self._loop, name="wattsup-sampler", daemon=True)
         self._thread.start()
+        if self.slurm is not None:  # sstat and scontrol take a moment: not on the start-up path
+            self._slurm_thread = threading.Thread(target=self._slurm_begin, name="wattsup-slurm", daemon=True)
+            self._slurm_thread.start()
         return self
+
+    def _slurm_begin(self) -> None:
+        try:
+            self._slurm_start = (self.slurm.read(), self.slurm.allocation())
+        except Exception as exc:  # never let SLURM's accounting break the run
+            self.warnings.setdefault("slurm", f"{type(exc).__name__}: {exc}")
+
+    def _slurm_end(self) -> slurm_meter.SlurmEnergy | None:
+        if self.slurm is None:
+            return None
+        if self._slurm_thread is not None:
+            self._slurm_thread.join(timeout=60)
+        try:
+            end = self.slurm.read()
+        except Exception as exc:
+            end = slurm_meter.StepReading(self.slurm.step, None, "none", f"{type(exc).__name__}: {exc}")
+        if self._slurm_start is None:
+            start = slurm_meter.StepReading(self.slurm.step, None, "none", "not read at the start")
+            allocation = slurm_meter.Allocation("unknown")
+        else:
+            start, allocation = self._slurm_start
+        return slurm_meter.run_energy(start, end, allocation)
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self._t0
@@ -259,6 +336,7 @@ class Tracker:
         self._stop_evt.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        slurm = self._slurm_end()  # subprocesses: not under the lock
         with self._lock:
             self.sample(emit=True, final=True)
             duration = self._prev.t - self._t0
@@ -270,6 +348,7 @@ class Tracker:
                 sources=self.sources,
                 samples=self._samples,
                 warnings=dict(self.warnings),
+                slurm=slurm,
             )
         for meter in (self.rapl, self.gpu):
             if meter is not None:
@@ -293,14 +372,15 @@ class Tracker:
                 self._cpu_source = "rapl+estimate"
                 if self._ram_source == "rapl":
                     self._ram_source = "rapl+estimate"
-        gpu_j = share = None
+        gpus = None
         if self.gpu is not None:
             try:
-                g = self.gpu.read(tree.pids)
-                gpu_j = [x.energy_j for x in g.gpus]
-                share = [x.share for x in g.gpus]
-            except Exception as exc:  # NVMLError and friends
-                self._meter_failed("gpu", f"NVML read failed ({exc}); GPU energy after this is not counted")
+                gpus = list(self.gpu.read(tree.pids).gpus)
+            except Exception as exc:  # NVMLError, AmdSmiException and friends
+                vendor = "NVML" if self.gpu.source.startswith("nvml") else "amdsmi"
+                self._meter_failed(
+                    "gpu", f"{vendor} read failed ({exc}); GPU energy after this is not counted"
+                )
                 self.gpu = None
         return _Reading(
             tree.monotonic_s,
@@ -311,46 +391,98 @@ class Tracker:
             mach.mem_used_bytes,
             pkg,
             dram,
-            gpu_j,
-            share,
+            gpus,
         )
 
     def _meter_failed(self, meter: str, message: str) -> None:
         at = time.monotonic() - self._t0 if self._started else 0.0
         self.warnings.setdefault(meter, f"at {at:.0f} s: {message}")
 
-    def _integrate(self, prev: _Reading, cur: _Reading) -> tuple[Energy, Energy]:
-        dt = max(0.0, cur.t - prev.t)
+    def _cpu_estimate(self, a: _Reading, b: _Reading) -> tuple[float, float]:
+        """(run, machine) CPU joules of the estimator between readings ``a`` and ``b``."""
+        d_tree = max(0.0, b.tree_cpu_s - a.tree_cpu_s)
+        d_busy = max(0.0, b.busy_s - a.busy_s)
+        return self.cpu_model.energy_j(d_tree), self.cpu_model.energy_j(max(d_busy, d_tree))
+
+    def _ram_estimate(self, a: _Reading, b: _Reading) -> tuple[float, float]:
+        """(run, machine) RAM joules of the estimator between readings ``a`` and ``b``."""
+        dt = max(0.0, b.t - a.t)
+        rss = 0.5 * (b.tree_rss + a.tree_rss)
+        used = max(rss, 0.5 * (b.mem_used + a.mem_used))
+        return self.ram_model.power_w(rss) * dt, self.ram_model.power_w(used) * dt
+
+    def _rapl_untrusted(self, part: str, check: CounterCheck, problem: Problem) -> None:
+        """Stop using a RAPL counter that stalled or lied; its part is estimated from then on."""
+        source = "rapl+estimate" if check.ever_moved else "estimate"
+        what = "CPU" if part == "cpu" else "RAM"
+        self._warn(part, f"{problem.message}; {what} energy is estimated from {problem.since_s:.0f} s")
+        if part == "cpu":
+            self._cpu_source = source
+            if self.rapl is not None:
+                self.rapl.close()
+                self.rapl = None
+            if self._ram_source == "rapl":  # DRAM zones close with the packages
+                self._ram_source = "rapl+estimate"
+        else:
+            self._ram_source = source
+            self._dram_trusted = False
+
+    def _integrate(self, prev: _Reading, cur: _Reading, final: bool = False) -> tuple[Energy, Energy]:
         d_tree = max(0.0, cur.tree_cpu_s - prev.tree_cpu_s)
         d_busy = max(0.0, cur.busy_s - prev.busy_s)
+        t_s = cur.t - self._t0
         # CPU
         if cur.pkg_j is not None and prev.pkg_j is not None:
-            m_cpu = max(0.0, cur.pkg_j - prev.pkg_j)
-            share = min(1.0, d_tree / d_busy) if d_busy > 0 else (1.0 if d_tree > 0 else 0.0)
-            r_cpu = m_cpu * share
+            problem = self._pkg_check.check(t_s, cur.pkg_j, d_busy > 0, final)
+            if problem is None:
+                if cur.pkg_j > prev.pkg_j:
+                    self._pkg_moved = cur
+                m_cpu = max(0.0, cur.pkg_j - prev.pkg_j)
+                share = min(1.0, d_tree / d_busy) if d_busy > 0 else (1.0 if d_tree > 0 else 0.0)
+                r_cpu = m_cpu * share
+            else:  # re-estimate from where the counter's figure went wrong
+                self._rapl_untrusted("cpu", self._pkg_check, problem)
+                r_cpu, m_cpu = self._cpu_estimate(self._pkg_moved if problem.kind == STALLED else prev, cur)
         else:
-            m_cpu = self.cpu_model.energy_j(max(d_busy, d_tree))
-            r_cpu = self.cpu_model.energy_j(d_tree)
+            r_cpu, m_cpu = self._cpu_estimate(prev, cur)
         # RAM
-        rss = 0.5 * (cur.tree_rss + prev.tree_rss)
-        used = max(rss, 0.5 * (cur.mem_used + prev.mem_used))
-        if cur.dram_j is not None and prev.dram_j is not None:
-            m_ram = max(0.0, cur.dram_j - prev.dram_j)
-            r_ram = m_ram * (rss / used if used > 0 else 0.0)
+        if self._dram_trusted and cur.dram_j is not None and prev.dram_j is not None:
+            problem = self._dram_check.check(t_s, cur.dram_j, d_busy > 0, final)
+            if problem is None:
+                if cur.dram_j > prev.dram_j:
+                    self._dram_moved = cur
+                rss = 0.5 * (cur.tree_rss + prev.tree_rss)
+                used = max(rss, 0.5 * (cur.mem_used + prev.mem_used))
+                m_ram = max(0.0, cur.dram_j - prev.dram_j)
+                r_ram = m_ram * (rss / used if used > 0 else 0.0)
+            else:
+                self._rapl_untrusted("ram", self._dram_check, problem)
+                r_ram, m_ram = self._ram_estimate(self._dram_moved if problem.kind == STALLED else prev, cur)
         else:
-            m_ram = self.ram_model.power_w(used) * dt
-            r_ram = self.ram_model.power_w(rss) * dt
+            r_ram, m_ram = self._ram_estimate(prev, cur)
         # GPU
         m_gpu = r_gpu = 0.0
-        if cur.gpu_j is not None and prev.gpu_j is not None and len(cur.gpu_j) == len(prev.gpu_j):
-            for e1, e0, s in zip(cur.gpu_j, prev.gpu_j, cur.gpu_share or [], strict=False):
-                d = max(0.0, e1 - e0)
+        if cur.gpus is not None and prev.gpus is not None and len(cur.gpus) == len(prev.gpus):
+            ledger = self._gpu_energy
+            deltas = ledger.interval(prev.gpus, cur.gpus, prev.t - self._t0, t_s, final)
+            for message in ledger.warnings:
+                self._warn("gpu", message)
+            for d, g in zip(deltas, cur.gpus, strict=False):
                 m_gpu += d
+                s = g.share
                 if s is None:
                     self._gpu_attr = "device"
                     s = 1.0
                 r_gpu += d * s
         return Energy(r_cpu, r_gpu, r_ram), Energy(m_cpu, m_gpu, m_ram)
+
+    def _warn(self, key: str, message: str) -> None:
+        """Say ``message`` once under ``warnings[key]`` (several messages are joined by ``; ``)."""
+        old = self.warnings.get(key)
+        if old is None:
+            self.warnings[key] = message
+        elif message not in old:
+            self.warnings[key] = f"{old}; {message}"
 
     def sample(self, emit: bool = False, final: bool = False) -> float:
         """Read the meters now and integrate; returns elapsed seconds of the reading.
@@ -360,7 +492,7 @@ class Tracker:
         """
         with self._lock:
             cur = self._read()
-            run_e, mach_e = self._integrate(self._prev, cur)
+            run_e, mach_e = self._integrate(self._prev, cur, final)
             self._prev = cur
             self._cum = self._cum + run_e
             self._mcum = self._mcum + mach_e
@@ -492,11 +624,13 @@ def make_tracker(
     cpu_w_per_thread: float | None = None,
     powercap_root: str | None = None,
     nvml: Any = None,
+    amdsmi: Any = None,
 ) -> Tracker:
     return Tracker(
         tree,
         interval_s=interval_s,
         powercap_root=powercap_root,
         nvml=nvml,
+        amdsmi=amdsmi,
         cpu_model=cpu_power_model(cpu_w_per_thread=cpu_w_per_thread, cpu_tdp_w=cpu_tdp_w),
     )

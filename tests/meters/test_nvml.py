@@ -1,4 +1,5 @@
 import os
+import time
 
 import pytest
 from support.fakes.nvml import FakeGpu, FakeNvml
@@ -94,11 +95,38 @@ def test_share_unknown_when_pids_are_from_another_namespace():
     assert m.read(pids=[os.getpid()]).gpus[0].share is None
 
 
-def test_real_nvml_if_present():
+@pytest.mark.gpu
+def test_real_nvml_moves_plausibly_and_the_tracker_trusts_it(tmp_path):
+    """On a real GPU: every GPU reports a counter or power; over 2 s a powered GPU's energy rises,
+    by no more than its power limit allows; power readings are within the limit; and a tracker
+    over those 2 s neither warns nor falls back (no stall, jump or silent zero)."""
+    from support.fakes.procfs import FakeMachine, FakeTree
+
+    from mlflow_wattsup.meters.estimator import CpuPowerModel
+    from mlflow_wattsup.tracking.tracker import Tracker
+
     m = nvml.open_nvml()
     if m is None:
         pytest.skip("no NVIDIA GPU/driver here")
-    assert m.read().energy_j >= 0
-
-
-test_real_nvml_if_present = pytest.mark.gpu(test_real_nvml_if_present)
+    a = m.read()
+    time.sleep(2.0)
+    b = m.read()
+    dt = b.monotonic_s - a.monotonic_s
+    for g0, g1 in zip(a.gpus, b.gpus, strict=True):
+        assert g1.counter_j is not None or g1.power_energy_j is not None, (
+            f"GPU {g1.index}: no counter, no power"
+        )
+        delta_j = g1.energy_j - g0.energy_j
+        assert delta_j > 0, f"GPU {g1.index}: energy did not move in {dt:.1f} s"
+        if g1.max_power_w:
+            assert delta_j <= g1.max_power_w * 1.5 * (dt + 1.0), f"GPU {g1.index}: {delta_j} J in {dt:.1f} s"
+            assert g1.power_w is None or 0 < g1.power_w <= 2 * g1.max_power_w
+    m.close()
+    t = Tracker(
+        FakeTree(pids=(os.getpid(),)), interval_s=0.5, machine=FakeMachine(tmp_path),
+        cpu_model=CpuPowerModel(5.0, "user-w-per-thread"), rapl=False, slurm=False,
+    ).start()  # fmt: skip
+    time.sleep(2.5)
+    tot = t.stop()
+    assert tot.sources.gpu in ("nvml-energy", "nvml-power") and "gpu" not in tot.warnings, tot
+    assert tot.machine_energy.gpu_j > 0

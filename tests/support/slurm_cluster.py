@@ -5,6 +5,12 @@ pid and log files, so it never touches a system SLURM or another test session's 
 root (slurmd runs jobs as their user) and the Debian packages; ``.ci/run`` installs them.
 No cgroups (``proctrack/linuxproc``, ``task/none``), no slurmdbd (states from ``scontrol``, the
 job completion log in ``jobcomp.txt``).
+
+``SlurmCluster(accounting=True)`` adds SLURM's accounting: a private MariaDB server (Debian's
+``mariadb-server``: its own data folder, socket and TCP port on 127.0.0.1) and ``slurmdbd`` behind
+it, with ``jobacct_gather/linux`` on the node, so ``sacct`` and ``sstat`` answer. No energy plugin
+(``AcctGatherEnergyType`` unset): ``ConsumedEnergy`` is 0, as on most clusters. ``.ci/run`` installs
+``mariadb-server`` and ``slurmdbd``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from pathlib import Path
 
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo")
 INSTALL = "apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge"
+ACCOUNTING_BINARIES = ("slurmdbd", "mariadbd", "mariadb-install-db", "mariadb", "sacct", "sstat", "sacctmgr")
+ACCOUNTING_INSTALL = "apt-get install -y --no-install-recommends mariadb-server slurmdbd"
 
 
 def _which(name: str) -> str | None:
@@ -28,13 +36,17 @@ def _which(name: str) -> str | None:
     )
 
 
-def unavailable() -> str | None:
-    """Why a cluster cannot be started here, or None."""
+def unavailable(accounting: bool = False) -> str | None:
+    """Why a cluster (with ``accounting``: slurmdbd and MariaDB too) cannot be started here, or None."""
     if os.name != "posix" or os.geteuid() != 0:
         return "a local SLURM cluster needs root (slurmd starts jobs as their user)"
     missing = [b for b in BINARIES if _which(b) is None]
     if missing:
         return f"SLURM is not installed ({', '.join(missing)} missing): {INSTALL}"
+    if accounting:
+        missing = [b for b in ACCOUNTING_BINARIES if _which(b) is None]
+        if missing:
+            return f"SLURM accounting is not installed ({', '.join(missing)} missing): {ACCOUNTING_INSTALL}"
     try:
         import pwd
 
@@ -68,13 +80,16 @@ def _node_resources() -> tuple[int, int]:
 class SlurmCluster:
     """``start()`` then ``env`` (SLURM_CONF) for sbatch & co; ``stop()`` ends the daemons by pid."""
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, *, accounting: bool = False):
         self.root = Path(root or tempfile.mkdtemp(prefix="wattsup-slurm-"))
         self.conf = self.root / "slurm.conf"
         self.jobcomp = self.root / "jobcomp.txt"
         self.pids: dict[str, Path] = {}
         self.cpus = 1
         self.munge_dir: Path | None = None
+        self.accounting = accounting
+        self.db_dir: Path | None = None
+        self._mariadb: subprocess.Popen | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -118,6 +133,9 @@ class SlurmCluster:
         sock = self._munge()
         self.cpus, mem = _node_resources()
         r = self.root
+        accounting = ["AccountingStorageType=accounting_storage/none"]
+        if self.accounting:
+            accounting = self._accounting(sock)
         self.conf.write_text(
             "\n".join(
                 [
@@ -142,7 +160,7 @@ class SlurmCluster:
                     "SelectTypeParameters=CR_Core",
                     "MpiDefault=none",
                     "ReturnToService=2",
-                    "AccountingStorageType=accounting_storage/none",
+                    *accounting,
                     "JobCompType=jobcomp/filetxt",
                     f"JobCompLoc={self.jobcomp}",
                     "MinJobAge=3600",
@@ -173,9 +191,93 @@ class SlurmCluster:
             time.sleep(0.2)
         raise RuntimeError(f"SLURM node not idle after {timeout_s:g} s; logs in {r / 'log'}")
 
+    def _accounting(self, munge_socket: Path) -> list[str]:
+        """Start MariaDB and slurmdbd; the slurm.conf lines that point slurmctld at them."""
+        d = self.db_dir = Path(tempfile.mkdtemp(prefix="wattsup-mariadb-"))
+        d.chmod(0o755)
+        data, sock, port = d / "data", d / "mysqld.sock", _free_port()
+        _start(
+            [_which("mariadb-install-db"), "--no-defaults", f"--datadir={data}", "--user=root",
+             "--auth-root-authentication-method=socket", "--skip-test-db"]
+        )  # fmt: skip
+        log = open(d / "mariadbd.log", "wb")
+        self._mariadb = subprocess.Popen(
+            [_which("mariadbd"), "--no-defaults", f"--datadir={data}", f"--socket={sock}", f"--port={port}",
+             "--bind-address=127.0.0.1", f"--pid-file={d / 'mariadbd.pid'}", "--user=root",
+             "--skip-name-resolve", "--innodb-buffer-pool-size=64M"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + 60
+        sql = "CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY 'wattsup'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
+        while True:
+            p = subprocess.run(
+                [_which("mariadb"), "--no-defaults", f"--socket={sock}", "-u", "root", "-e", sql],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            if p.returncode == 0:
+                break
+            if self._mariadb.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"MariaDB did not start: {(p.stderr or '').strip()}; log {d / 'mariadbd.log'}"
+                )
+            time.sleep(0.3)
+        dbd_port = _free_port()
+        dbd_conf = self.root / "slurmdbd.conf"  # slurmdbd reads it beside $SLURM_CONF
+        dbd_conf.write_text(
+            "\n".join(
+                [
+                    "AuthType=auth/munge",
+                    f"AuthInfo=socket={munge_socket}",
+                    "DbdHost=localhost",
+                    "DbdAddr=127.0.0.1",
+                    f"DbdPort={dbd_port}",
+                    "SlurmUser=root",
+                    f"PidFile={self.root / 'slurmdbd.pid'}",
+                    f"LogFile={self.root / 'log' / 'slurmdbd.log'}",
+                    "StorageType=accounting_storage/mysql",
+                    "StorageHost=127.0.0.1",
+                    f"StoragePort={port}",
+                    "StorageUser=slurm",
+                    "StoragePass=wattsup",
+                    "StorageLoc=slurm_acct_db",
+                    "",
+                ]
+            )
+        )
+        dbd_conf.chmod(0o600)  # slurmdbd refuses a readable password file
+        lines = [
+            "AccountingStorageType=accounting_storage/slurmdbd",
+            "AccountingStorageHost=localhost",
+            f"AccountingStoragePort={dbd_port}",
+            f"AccountingStoragePass={munge_socket}",  # clients reach slurmdbd through our munged
+            "JobAcctGatherType=jobacct_gather/linux",
+            "JobAcctGatherFrequency=1",
+        ]
+        # enough of slurm.conf for sacctmgr to find slurmdbd; start() writes the whole file next
+        self.conf.write_text(
+            "\n".join(["ClusterName=wattsup-test", "SlurmctldHost=localhost", "AuthType=auth/munge",
+                       f"AuthInfo=socket={munge_socket}", *lines, ""])
+        )  # fmt: skip
+        env = dict(os.environ, **self.env)
+        _start([_which("slurmdbd")], env)
+        self.pids["slurmdbd"] = self.root / "slurmdbd.pid"
+        deadline = time.monotonic() + 60
+        while True:  # the cluster must exist in the database before slurmctld registers
+            p = subprocess.run(
+                [_which("sacctmgr"), "-i", "add", "cluster", "wattsup-test"], env=env, capture_output=True,
+                text=True, timeout=30,
+            )  # fmt: skip
+            if p.returncode == 0 or "already exists" in (p.stdout + p.stderr):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"slurmdbd did not answer: {(p.stderr or p.stdout).strip()}")
+            time.sleep(0.3)
+        return lines
+
     def stop(self) -> None:
         """Cancel what is still queued or running, then SIGTERM each daemon by its pid file
-        (slurmd, slurmctld, munged), SIGKILL after 10 s."""
+        (slurmd, slurmctld, slurmdbd, MariaDB, munged), SIGKILL after 10 s."""
         if self.conf.exists() and self.pids.get("slurmctld"):
             env = dict(os.environ, **self.env)
             subprocess.run(["scancel", "--user", "root"], env=env, capture_output=True, timeout=30)
@@ -186,7 +288,7 @@ class SlurmCluster:
                     break
                 time.sleep(0.3)
         pids = []
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in ("slurmd", "slurmctld", "slurmdbd", "munged"):
             pid_file = self.pids.get(name)
             try:
                 pid = int(pid_file.read_text().split()[0])
@@ -205,8 +307,18 @@ class SlurmCluster:
                     os.kill(pid, signal.SIGKILL)
                     break
                 time.sleep(0.1)
+        if self._mariadb is not None:  # our own child: SIGTERM by its pid, then reap it
+            self._mariadb.terminate()
+            try:
+                self._mariadb.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._mariadb.kill()
+                self._mariadb.wait(timeout=10)
+            self._mariadb = None
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
         if self.munge_dir is not None:
             shutil.rmtree(self.munge_dir, ignore_errors=True)
+        if self.db_dir is not None:
+            shutil.rmtree(self.db_dir, ignore_errors=True)

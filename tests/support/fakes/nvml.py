@@ -2,6 +2,9 @@
 
 Each GPU has a power (W) and, if ``counter`` is True, an energy counter in mJ that the test
 advances with ``advance(seconds)``; power-only GPUs raise NVMLError_NotSupported for the counter.
+Faults, as real drivers show them: ``frozen`` (the counter stops moving), ``power=False`` (power
+NotSupported, as on a vGPU), ``power_limit_w`` (the enforced power limit, W; NotSupported when
+None); the test may also set ``energy_mj`` directly (a counter that runs backwards or jumps).
 """
 
 from dataclasses import dataclass, field
@@ -29,6 +32,9 @@ class FakeGpu:
     procs: list = field(default_factory=list)  # [(pid, used_mem_bytes)]
     util: list = field(default_factory=list)  # [(pid, sm_util)] samples returned once
     fail: bool = False
+    frozen: bool = False  # the energy counter stands still
+    power: bool = True  # False: nvmlDeviceGetPowerUsage is NotSupported
+    power_limit_w: float | None = None
 
 
 class FakeNvml:
@@ -44,7 +50,7 @@ class FakeNvml:
     # the test's controls
     def advance(self, seconds: float) -> None:
         for g in self.gpus:
-            if g.counter:
+            if g.counter and not g.frozen:
                 g.energy_mj += int(round(g.power_w * seconds * 1000))
 
     # pynvml API
@@ -80,7 +86,14 @@ class FakeNvml:
     def nvmlDeviceGetPowerUsage(self, h):
         if h.fail:
             raise NVMLError(15)
+        if not h.power:
+            raise NVMLError_NotSupported()
         return int(h.power_w * 1000)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h):
+        if h.power_limit_w is None:
+            raise NVMLError_NotSupported()
+        return int(h.power_limit_w * 1000)
 
     def nvmlDeviceGetComputeRunningProcesses(self, h):
         return [SimpleNamespace(pid=p, usedGpuMemory=m) for p, m in h.procs]
