@@ -10,6 +10,10 @@ prefixes; an empty value or an invalid entry ends the list, as CUDA does). Integ
 NVML (PCI bus) indices; they equal CUDA's only with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``.
 
 No driver, no library, or no device is not an error: :func:`open_nvml` returns ``None``.
+
+Containers: NVML lists the host PIDs of the processes on a GPU. A container started by the run
+(Docker: its processes are the daemon's children, not ours) is matched by cgroup: a listed
+process whose ``/proc/PID/cgroup`` is the container's cgroup (or below it) is the run's.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from mlflow_wattsup.meters.cgroup import proc_cgroup_paths, within
 
 SOURCE_ENERGY = "nvml-energy"
 SOURCE_POWER = "nvml-power"
@@ -87,10 +93,11 @@ def visible_indices(count: int, uuids: list[str], env: str | None) -> list[int]:
 class NvmlMeter:
     """Energy of the visible GPUs. Create with :func:`open_nvml`."""
 
-    def __init__(self, nvml: Any, gpus: list[_Gpu], driver: str):
+    def __init__(self, nvml: Any, gpus: list[_Gpu], driver: str, proc_root: str = "/proc"):
         self._nvml = nvml
         self._gpus = gpus
         self.driver_version = driver
+        self.proc_root = proc_root  # where /proc/PID/cgroup is read (tests point it at a fake)
 
     @property
     def names(self) -> list[str]:
@@ -101,8 +108,10 @@ class NvmlMeter:
         """``nvml-energy`` if every GPU has an energy counter, else ``nvml-power``."""
         return SOURCE_ENERGY if all(g.has_counter for g in self._gpus) else SOURCE_POWER
 
-    def read(self, pids: Iterable[int] | None = None) -> NvmlReading:
-        """Read every GPU; with ``pids``, also the share of each GPU used by those processes.
+    def read(self, pids: Iterable[int] | None = None, cgroups: Iterable[str] = ()) -> NvmlReading:
+        """Read every GPU; with ``pids``, also the share of each GPU used by those processes and
+        by the processes in ``cgroups`` (cgroup paths as ``/proc/PID/cgroup`` writes them: the
+        run's containers).
 
         Share, per GPU, from the first of these that NVML answers:
         1. per-process SM utilisation samples since the last read: ours / all;
@@ -110,7 +119,7 @@ class NvmlMeter:
         3. else ``None`` (e.g. containers whose PID namespace hides the host PIDs).
         """
         now = time.monotonic()
-        wanted = set(pids) if pids is not None else None
+        wanted = _Ours(set(pids), tuple(cgroups), self.proc_root) if pids is not None else None
         out = []
         for g in self._gpus:
             power_w = self._power_w(g)
@@ -131,7 +140,7 @@ class NvmlMeter:
         except self._nvml.NVMLError:
             return None
 
-    def _share(self, g: _Gpu, ours: set[int]) -> float | None:
+    def _share(self, g: _Gpu, ours: _Ours) -> float | None:
         nv = self._nvml
         try:
             samples = nv.nvmlDeviceGetProcessUtilization(g.handle, g.last_util_ts_us)
@@ -165,6 +174,26 @@ class NvmlMeter:
             self._nvml.nvmlShutdown()
         except Exception:
             pass
+
+
+class _Ours:
+    """``pid in ours``: one of the run's PIDs, or a process in one of the run's cgroups (checked
+    once per PID per reading)."""
+
+    def __init__(self, pids: set[int], cgroups: tuple[str, ...], proc_root: str):
+        self.pids = pids
+        self.cgroups = cgroups
+        self.proc_root = proc_root
+        self._seen: dict[int, bool] = {}
+
+    def __contains__(self, pid: int) -> bool:
+        if pid in self.pids:
+            return True
+        if not self.cgroups:
+            return False
+        if pid not in self._seen:
+            self._seen[pid] = within(proc_cgroup_paths(pid, self.proc_root), self.cgroups)
+        return self._seen[pid]
 
 
 def _mappable(pids: Iterable[int]) -> bool:

@@ -14,6 +14,10 @@ GPU
     NVML energy counter (or integrated power) delta per device, times the share of the device
     used by the tree's processes; where NVML cannot map processes (PID namespaces) the whole
     device is attributed and ``attribution_gpu`` says ``device``.
+Containers
+    A container the tree starts (``docker run``...) is found by :mod:`.containers` and its cgroup
+    attached to the tree: its CPU time and memory count as the tree's, its GPU processes as ours.
+    What cannot be resolved is a ``container`` warning.
 
 Totals depend only on counter and CPU-time deltas, not on how many samples arrived, so a
 sampler thread starved by a busy GIL still gives exact estimator totals (and RAPL totals as
@@ -40,6 +44,7 @@ from mlflow_wattsup.meters.estimator import CpuPowerModel, RamPowerModel, cpu_po
 from mlflow_wattsup.meters.proctree import MachineMeter, ProcessTreeMeter
 from mlflow_wattsup.meters.rapl import RaplMeter, RaplUnavailable, open_rapl
 from mlflow_wattsup.meters.units import Energy
+from mlflow_wattsup.tracking.containers import ContainerUse, ContainerWatch
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class Totals:
     sources: Sources
     samples: int
     warnings: dict[str, str] = field(default_factory=dict)
+    containers: tuple[ContainerUse, ...] = ()
 
     @property
     def energy_kwh(self) -> float:
@@ -136,7 +142,8 @@ class Tracker:
     ``tree``: the :class:`ProcessTreeMeter` of what to attribute (default: this process and its
     children). ``rapl``: ``None`` to open the default powercap root, ``False`` to skip RAPL, or an
     open :class:`RaplMeter`; ``nvml``: ``None`` for pynvml, ``False`` to skip GPUs, or a module
-    object with pynvml's API (tests pass a fake).
+    object with pynvml's API (tests pass a fake). ``containers``: find the containers the tree
+    starts and count them (only for a :class:`ProcessTreeMeter`; see :mod:`.containers`).
     """
 
     def __init__(
@@ -151,6 +158,7 @@ class Tracker:
         cpu_model: CpuPowerModel | None = None,
         ram_model: RamPowerModel | None = None,
         on_sample: Callable[[Sample], None] | None = None,
+        containers: bool = True,
     ):
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -188,6 +196,8 @@ class Tracker:
         self._stopped: Totals | None = None
         self._sampler_cpu_s = 0.0
         self.tree: ProcessTreeMeter | None = None
+        self._watch_containers = containers
+        self.container_watch: ContainerWatch | None = None
 
     # -- properties -------------------------------------------------------------------------
 
@@ -211,6 +221,8 @@ class Tracker:
             raise RuntimeError("tracker already started")
         self._started = True
         self.tree = self._tree_arg or ProcessTreeMeter()
+        if self._watch_containers and isinstance(self.tree, ProcessTreeMeter):
+            self.container_watch = ContainerWatch(self.tree)
         self._t0 = time.monotonic()
         self._wall0 = time.time()
         self._cum = Energy()
@@ -262,6 +274,12 @@ class Tracker:
         with self._lock:
             self.sample(emit=True, final=True)
             duration = self._prev.t - self._t0
+            uses: tuple[ContainerUse, ...] = ()
+            if self.container_watch is not None:
+                self.container_watch.close()
+                uses = self.container_watch.uses
+                if self.container_watch.warnings:
+                    self.warnings.setdefault("container", "; ".join(self.container_watch.warnings))
             self._stopped = Totals(
                 duration_s=duration,
                 energy=self._cum,
@@ -270,6 +288,7 @@ class Tracker:
                 sources=self.sources,
                 samples=self._samples,
                 warnings=dict(self.warnings),
+                containers=uses,
             )
         for meter in (self.rapl, self.gpu):
             if meter is not None:
@@ -280,6 +299,13 @@ class Tracker:
 
     def _read(self) -> _Reading:
         tree = self.tree.read()
+        if self.container_watch is not None:
+            try:
+                self.container_watch.observe(tree.pids)
+            except Exception as exc:  # looking for containers must never stop the measurement
+                self._meter_failed(
+                    "container", f"looking for containers failed ({type(exc).__name__}: {exc})"
+                )
         mach = self.machine.read()
         pkg = dram = None
         if self.rapl is not None:
@@ -296,7 +322,7 @@ class Tracker:
         gpu_j = share = None
         if self.gpu is not None:
             try:
-                g = self.gpu.read(tree.pids)
+                g = self.gpu.read(tree.pids, getattr(tree, "cgroups", ()))
                 gpu_j = [x.energy_j for x in g.gpus]
                 share = [x.share for x in g.gpus]
             except Exception as exc:  # NVMLError and friends
