@@ -248,6 +248,7 @@ class ContainerWatch:
         os.set_blocking(self._wake_w, False)
         self._closing = False
         self._signalled = False
+        self._command_pid: int | None = None
         self._tmp: str | None = None
 
     # -- what the run asks -----------------------------------------------------------------
@@ -275,6 +276,7 @@ class ContainerWatch:
 
     def spawned(self, pid: int) -> None:
         """The command started as ``pid`` (its own ``docker run``, if any, is already watched)."""
+        self._command_pid = pid
         with self._lock:
             for c in self._items:
                 if c.client_pid is None:
@@ -332,9 +334,11 @@ class ContainerWatch:
             self._stop(c)
         self._wake()
 
-    def settle(self, signalled: bool, patience_s: float = 5.0) -> None:
-        """The command has exited: resolve what is still pending (briefly), and when the run was
-        stopped by a signal, wait for its containers to end (their runtime stops them)."""
+    def settle(self, signalled: bool, exit_code: int | None = None, patience_s: float = 5.0) -> None:
+        """The command has exited (with ``exit_code``): resolve what is still pending (briefly),
+        and when the run was stopped by a signal, wait for its containers to end (their runtime
+        stops them). A run's own ``docker run`` that exited 125-127 never ran its container
+        (Docker's codes for its own errors): nothing of it is missing."""
         deadline = time.monotonic() + patience_s
         while time.monotonic() < deadline:
             with self._lock:
@@ -350,6 +354,15 @@ class ContainerWatch:
                 self._stop(c)
             for c in live:
                 self._wait_ended(c, c.stop_timeout_s + 30.0)
+        with self._lock:
+            unseen = [c for c in self._items if c.state == "unseen"]
+        for c in unseen:
+            direct = c.client_pid is not None and c.client_pid == self._command_pid
+            if direct and exit_code in (125, 126, 127):
+                with self._lock:
+                    c.state = "ended"
+            else:
+                self._warn_unseen(c)
         with self._lock:
             still = [c for c in self._items if c.state == "live"]
         for c in still:
@@ -368,6 +381,8 @@ class ContainerWatch:
         with self._lock:
             items = list(self._items)
         for c in items:
+            if c.state == "unseen":
+                self._warn_unseen(c)
             if c.meter is not None:
                 c.meter.read()
                 c.meter.close()
@@ -492,7 +507,7 @@ class ContainerWatch:
         if pid > 0:
             self._attach(c, pid)
         elif state.get("Status") in ("exited", "dead", "removing", "stopped") or not self._alive(c):
-            self._never_seen(c)
+            self._never_seen(c, started=_started(state))
         else:
             self._retry(c)  # created, not started yet
 
@@ -534,14 +549,22 @@ class ContainerWatch:
             if self._signalled:
                 self._stop(c)
 
-    def _never_seen(self, c: _Container) -> None:
+    def _never_seen(self, c: _Container, started: bool | None = None) -> None:
+        """The container is gone (or never ran) before its cgroup was read. ``started``: whether
+        the runtime says it started (None: it cannot say any more, e.g. removed by ``--rm``); the
+        warning waits for the client's exit code when that is unknown."""
+        with self._lock:
+            c.state = "ended" if started is False else "unseen"
+        if started and c.cid is not None:
+            self._warn_unseen(c)
+
+    def _warn_unseen(self, c: _Container) -> None:
         with self._lock:
             c.state = "ended"
-        if c.cid is not None:
-            self._warn(
-                f"container {c.client.runtime}:{c.cid[:12]} ended before its cgroup could be read (it ran for "
-                "well under a second): its CPU time is not in the run's figures"
-            )
+        self._warn(
+            f"container {c.client.runtime}:{c.cid[:12]} ended before its cgroup could be read (it ran for "
+            "well under a second): its CPU time is not in the run's figures"
+        )
 
     def _unresolved(self, c: _Container, why: str) -> None:
         with self._lock:
@@ -695,6 +718,13 @@ class ContainerWatch:
             time.sleep(0.05)
         if c.stopper is not None:
             c.stopper.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _started(state: dict) -> bool:
+    """Whether inspect's ``State`` says the container ever started (a failed start, e.g.
+    ``--gpus`` without a GPU, leaves StartedAt at the zero time and an Error)."""
+    at = str(state.get("StartedAt") or "")
+    return bool(at) and not at.startswith("0001-01-01") and not state.get("Error")
 
 
 def _no_such(err: str) -> bool:

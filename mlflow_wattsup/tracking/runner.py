@@ -87,7 +87,7 @@ def execute(
     try:
         code, signalled = _ChildRunner(pid, watch.on_signal if watch else None).wait(tracker)
         if watch is not None:
-            watch.settle(signalled)
+            watch.settle(signalled, code)
         return code, signalled
     finally:
         if pipes:
