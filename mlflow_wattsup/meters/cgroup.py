@@ -23,8 +23,10 @@ mounted (and from which of its cgroups: the mount's root). Both paths are parame
 build a fake tree.
 
 When the runtime removes the cgroup (it does when the container stops: measured with Docker 20.10,
-about 10 ms after the container's first process exits), its files fail with ``ENODEV`` (kept
-open) or ``ENOENT``: :meth:`CgroupMeter.read` then returns the last reading, marked ``gone``.
+about 10 ms after the container's first process exits, with or without ``--rm``), its files fail
+(``ENOENT``; ``ENODEV`` for one opened before): :meth:`CgroupMeter.read` then returns the last
+reading, marked ``gone``. Whoever needs the final figure reads when the container's first
+process exits (``tracking/containers.py`` waits on a pidfd for it).
 """
 
 from __future__ import annotations
@@ -199,8 +201,9 @@ def locate(
     raise CgroupUnavailable(f"process {pid}: {want} is not mounted here (or does not show its cgroup)")
 
 
-def _read_cpu_s(version: str, path: str, fd: int | None = None) -> float:
-    data = os.pread(fd, 4096, 0) if fd is not None else _read_bytes(path)
+def _read_cpu_s(version: str, path: str) -> float:
+    """CPU seconds from ``cpuacct.usage`` (v1, ns) or ``cpu.stat`` ``usage_usec`` (v2, µs)."""
+    data = _read_bytes(path)
     if version == V1:
         return int(data) / 1e9
     for line in data.splitlines():
@@ -231,14 +234,13 @@ def read_memory_bytes(path: str) -> int:
 class CgroupMeter:
     """The counters of one cgroup, read on demand (thread-safe).
 
-    The CPU file is kept open so the last value can be read until the kernel removes the cgroup.
-    CPU seconds never decrease: a reading that fails or goes back returns the highest seen.
+    Once the cgroup is gone (its files fail: ``ENOENT``, or ``ENODEV`` for a file opened before
+    the removal) readings return the last figures, marked ``gone``; CPU seconds never decrease.
     """
 
     def __init__(self, location: CgroupLocation):
         self.location = location
         self._lock = threading.Lock()
-        self._fd: int | None = os.open(location.cpu_file, os.O_RDONLY)
         self._cpu_s = 0.0
         self._memory: int | None = None
         self.gone = False
@@ -246,14 +248,12 @@ class CgroupMeter:
 
     def read(self) -> CgroupReading:
         with self._lock:
-            if self._fd is None:
-                return CgroupReading(self._cpu_s, 0 if self._memory is not None else None, True)
-            try:
-                self._cpu_s = max(
-                    self._cpu_s, _read_cpu_s(self.location.version, self.location.cpu_file, self._fd)
-                )
-            except (OSError, ValueError):
-                self._close()
+            if not self.gone:
+                try:
+                    self._cpu_s = max(self._cpu_s, _read_cpu_s(self.location.version, self.location.cpu_file))
+                except (OSError, ValueError, StopIteration):
+                    self.gone = True
+            if self.gone:
                 return CgroupReading(self._cpu_s, 0 if self._memory is not None else None, True)
             if self.location.memory_file is not None:
                 try:
@@ -262,19 +262,10 @@ class CgroupMeter:
                     self._memory = 0
             return CgroupReading(self._cpu_s, self._memory, False)
 
-    def _close(self) -> None:
-        self.gone = True
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = None
-
     def close(self) -> None:
         """Stop reading: later readings return the last figures."""
         with self._lock:
-            self._close()
+            self.gone = True
 
 
 def proc_cgroup_paths(pid: int, proc_root: str = "/proc") -> frozenset[str]:

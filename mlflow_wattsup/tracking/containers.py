@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from mlflow_wattsup.meters.cgroup import CgroupMeter, CgroupUnavailable, locate
@@ -130,8 +130,9 @@ def parse_client(argv: Sequence[str]) -> Client | None:
     if not argv:
         return None
     name = os.path.basename(argv[0])
-    if name == "docker-compose":
-        return Client("docker", tuple(argv), (), "compose", tuple(argv[1:]))
+    if name == "docker-compose":  # compose v1, or the v2 plugin as the CLI starts it (`compose ...`)
+        rest = list(argv[2:] if argv[1:2] == ["compose"] else argv[1:])
+        return Client("docker", tuple(argv), (), _compose_command(rest), tuple(rest))
     runtime = name[: -len("-remote")] if name.endswith("-remote") else name
     if runtime not in RUNTIMES:
         return None
@@ -153,8 +154,16 @@ def parse_client(argv: Sequence[str]) -> Client | None:
         if cmd == "container":
             cmd, rest = rest[0], rest[1:]
         else:
-            cmd = f"compose {next((r for r in rest if not r.startswith('-')), '')}".strip()
+            cmd = _compose_command(rest)
     return Client(runtime, tuple(argv), glob, cmd, tuple(rest))
+
+
+_COMPOSE_STARTS = ("run", "up", "start", "create", "restart")
+
+
+def _compose_command(rest: Sequence[str]) -> str:
+    """``compose <subcommand>`` of a compose command line (its options may take values)."""
+    return f"compose {next((r for r in rest if r in _COMPOSE_STARTS), '')}".strip()
 
 
 def with_cidfile(argv: Sequence[str], path: str) -> list[str] | None:
@@ -199,7 +208,8 @@ class _Container:
     name: str | None = None
     since_wall: float = 0.0  # the client's start (epoch s)
     cid: str | None = None
-    state: str = "pending"  # pending -> live -> ended, or unresolved
+    # pending -> live -> ended; or unresolved; or unseen (gone before it was read: said at the end)
+    state: str = "pending"
     next_try: float = 0.0
     tries: int = 0
     init_pid: int | None = None
@@ -208,8 +218,6 @@ class _Container:
     method: str = ""
     stop_timeout_s: float = 10.0
     stopper: threading.Thread | None = None
-    saw_running: bool = False
-    notes: list[str] = field(default_factory=list)
 
 
 def _say(message: str) -> None:
@@ -297,7 +305,7 @@ class ContainerWatch:
             if client is None or not (client.starts_container or client.command.startswith("compose")):
                 continue
             if client.command.startswith("compose"):
-                if client.command in ("compose run", "compose up", "compose start"):
+                if client.command != "compose":
                     self._warn(
                         f"`{' '.join(argv[:4])}` (process {pid}) starts containers that are not attributed "
                         "(compose is not supported): the run's figures do not include them; "
@@ -435,23 +443,26 @@ class ContainerWatch:
                 items = list(self._items)
             fds = {c.pidfd: c for c in items if c.pidfd is not None}
             pending = [c for c in items if c.state == "pending"]
-            now = time.monotonic()
-            timeout = max(0.0, min((c.next_try for c in pending), default=now + 1.0) - now)
             polling = [c for c in items if c.state == "live" and c.pidfd is None]
+            timeout_s = None  # nothing to do until woken (a new client, a signal, closing)
+            if pending:
+                timeout_s = max(0.0, min(c.next_try for c in pending) - time.monotonic())
             if polling:  # no pidfd here: read the cgroup often enough to catch its end
-                timeout = min(timeout, 0.05)
+                timeout_s = min(timeout_s if timeout_s is not None else 0.05, 0.05)
+            poller = select.poll()
+            for fd in (self._wake_r, *fds):
+                poller.register(fd, select.POLLIN)
             try:
-                ready, _, _ = select.select([self._wake_r, *fds], [], [], timeout)
-            except (OSError, ValueError):
-                ready = []
+                ready = {fd for fd, _ in poller.poll(None if timeout_s is None else timeout_s * 1000)}
+            except OSError:
+                ready = set()
             if self._wake_r in ready:
                 try:
                     os.read(self._wake_r, 4096)
                 except OSError:
                     pass
-            for fd in ready:
-                if fd in fds:
-                    self._ended(fds[fd])
+            for fd in ready & set(fds):
+                self._ended(fds[fd])
             for c in polling:
                 if c.meter is not None and c.meter.read().gone:
                     self._ended(c)
@@ -538,7 +549,7 @@ class ContainerWatch:
             return
         meter = CgroupMeter(loc)
         with self._lock:
-            c.init_pid, c.pidfd, c.meter, c.saw_running = pid, pidfd, meter, True
+            c.init_pid, c.pidfd, c.meter = pid, pidfd, meter
             self._claimed.add(c.cid)
             if self._in_tree(pid):
                 c.method = "process-tree"  # its processes are ours already: the tree counts them
@@ -776,7 +787,7 @@ def _created_wall(created: str | None) -> float:
     s = created.strip().replace("Z", "+00:00")
     if "." in s:  # nanoseconds: Python parses microseconds
         head, _, frac = s.partition(".")
-        digits = "".join(ch for ch in frac if ch.isdigit())
+        digits = frac[: len(frac) - len(frac.lstrip("0123456789"))]
         zone = frac[len(digits) :]
         s = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
     try:
