@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 
@@ -201,6 +202,28 @@ def test_container_started_by_a_script_is_found_by_its_image_and_command(
     run = only_run(client, experiment)
     assert run.data.metrics["container_cpu_time_s"] == pytest.approx(truth, rel=0.05)
     assert run.data.tags[ATTRIBUTION].startswith("docker:")
+
+
+def test_container_started_inside_a_track_block(dockerd, tracking_uri, client, experiment, cgroup_parent):
+    parent = cgroup_parent("track")
+    code = (
+        "import subprocess, sys, mlflow_wattsup\n"
+        f"with mlflow_wattsup.track('block', experiment={experiment!r}):\n"
+        f"    subprocess.run({docker_run('--cgroup-parent', parent, BB, *burn(200))!r}, check=True)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "DOCKER_HOST": dockerd.host},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    truth = cgroup_cpu_s(parent)
+    run = only_run(client, experiment)
+    assert run.data.metrics["container_cpu_time_s"] == pytest.approx(truth, rel=0.05)
+    assert run.data.metrics["cpu_time_s"] >= truth  # the block's own Python process too
+    assert run.data.tags[METHOD] in ("cgroup-v1", "cgroup-v2")
 
 
 @pytest.mark.parametrize("proxy", ["--sig-proxy=true", "--sig-proxy=false"])
