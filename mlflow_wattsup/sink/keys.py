@@ -374,6 +374,8 @@ CONTAINER_ATTRIBUTION = "wattsup.attribution.container"
 CONTAINER_METHOD = "wattsup.attribution.container_method"
 #: metric: CPU seconds of the attributed containers' cgroups (part of ``cpu_time_s``)
 CONTAINER_CPU_TIME_S = "container_cpu_time_s"
+#: tag: the FreeSurfer image a ``projects/freesurfer`` run used (``docker://REF``)
+FREESURFER_IMAGE = "wattsup.freesurfer.image"
 _CONTAINERS_LISTED = 20
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 SCHEMES = {"docker://": "docker", "podman://": "podman"}
@@ -93,9 +93,11 @@ def run_command(
     cpus: Iterable[int] | None = None,
     gpu: str | None = None,
     read_only: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> list[str]:
     """``<cli> run ... REF ARGS``: see the module doc. ``mounts``: host folders mounted at the
-    same path (``read_only`` ones read-only); ``gpu``: the device to give it (index or UUID)."""
+    same path (``read_only`` ones, folders or files, read-only); ``gpu``: the device to give it
+    (index or UUID); ``env``: variables set in the container."""
     cmd = [cli, "run", "--rm", "--network", "none"]
     if image.runtime == "docker":
         cmd.append("--init")
@@ -109,6 +111,8 @@ def run_command(
             if image.runtime == "docker"
             else ["--device", f"nvidia.com/gpu={gpu}"]
         )
+    for k, v in (env or {}).items():
+        cmd += ["-e", f"{k}={v}"]
     rw = {os.path.abspath(p) for p in mounts}
     ro = {os.path.abspath(p) for p in read_only} - rw
     for m in sorted(rw | ro):

@@ -24,6 +24,7 @@ import pytest
 from support.docker import (
     DOCKER,
     FASTSURFER_IMAGE_CHANGES,
+    FREESURFER_IMAGE_CHANGES,
     PODMAN,
     Dockerd,
     PodmanStore,
@@ -32,6 +33,7 @@ from support.docker import (
     containers_conf_problem,
     docker_unavailable,
     fastsurfer_rootfs,
+    freesurfer_rootfs,
     import_image,
     podman_unavailable,
     remove_cgroup,
@@ -449,3 +451,59 @@ def test_fastsurfer_docker_gpu_without_gpu_and_missing_image_fail_in_seconds(
     [line] = our_lines(r.stderr, "fastsurfer")
     assert "not on this machine" in line and "docker pull nowhere/fastsurfer:0" in line
     assert time.monotonic() - t0 < 120 and not (tmp_path / "out" / "s").exists()
+
+
+# -- projects/freesurfer with FreeSurfer's image (a stand-in: the native recon-all stub inside) -----
+
+FSR_IMAGE = "wattsup-freesurfer-standin:test"
+
+
+@pytest.fixture(scope="module")
+def freesurfer_image(dockerd):
+    import_image(
+        [DOCKER], freesurfer_rootfs(dockerd.base), FSR_IMAGE, FREESURFER_IMAGE_CHANGES, env=dockerd.env
+    )
+    return f"docker://{FSR_IMAGE}"
+
+
+def test_freesurfer_docker_image_stages_as_native(
+    dockerd, freesurfer_image, tracking_uri, client, experiment, tmp_path
+):
+    (tmp_path / "T1.nii.gz").write_bytes(b"any")
+    licence = tmp_path / "licence" / "license.txt"
+    licence.parent.mkdir()
+    licence.write_text("stub licence\n")
+    params = [
+        "sid=bert",
+        "subjects_dir=subjects",
+        "t1=T1.nii.gz",
+        "directive=autorecon1",
+        f"freesurfer_image={freesurfer_image}",
+    ]
+    env = {"MLFLOW_EXPERIMENT_NAME": experiment, "DOCKER_HOST": dockerd.host, "FREESURFER_HOME": ""}
+    t0 = time.monotonic()
+    r = mlflow_run(REPO / "projects" / "freesurfer", *params, cwd=tmp_path, env={**env, "FS_LICENSE": ""})
+    assert r.returncode != 0 and time.monotonic() - t0 < 60
+    [line] = our_lines(r.stderr, "freesurfer")
+    assert "needs a licence" in line and "FS_LICENSE" in line
+
+    r = mlflow_run(
+        REPO / "projects" / "freesurfer", *params, cwd=tmp_path, env={**env, "FS_LICENSE": str(licence)}
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    [run] = [x for x in runs_in(client, experiment) if x.info.status == "FINISHED"]
+    m, tags = run.data.metrics, run.data.tags
+    stages = sorted(k.split("/")[1] for k in m if k.startswith("stage/") and k.endswith("/duration_s"))
+    assert stages == sorted(
+        ["MotionCor", "Talairach", "Nu_Intensity_Correction", "Intensity_Normalization", "Skull_Stripping"]
+    )
+    assert m["fstime_cpu_s"] == pytest.approx(5 * 2 * 0.15, rel=0.35)  # recon-all's own records, as native
+    assert tags[ATTRIBUTION].startswith("docker:") and m["container_cpu_time_s"] >= m["fstime_cpu_s"]
+    assert tags["wattsup.freesurfer.image"] == freesurfer_image
+    argv = tags["wattsup.command"]
+    assert (
+        f"-e FS_LICENSE={licence}" in argv
+        and f"{licence}:{licence}:ro" in argv
+        and " recon-all -s bert" in argv
+    )
+    assert (tmp_path / "subjects" / "bert" / "scripts" / "recon-all.log").exists()

@@ -12,7 +12,9 @@ Images: ``busybox_rootfs`` (Debian's ``busybox-static`` and its applet links), a
 ``Docker/entrypoint.sh`` then ``run_fastsurfer.sh``, ``/venv/bin/python3``), whose
 ``run_fastsurfer.sh`` is the same stub the native tests run (support/stubs/run_fastsurfer.py),
 interpreted by this machine's own Python copied in with the packages the stub imports
-(numpy, nibabel) and the shared libraries they load. ``.ci/run`` installs the Debian packages.
+(numpy, nibabel) and the shared libraries they load; ``freesurfer_rootfs``: the same for
+FreeSurfer's image (``recon-all``, support/stubs/recon_all.py). ``.ci/run`` installs the Debian
+packages.
 """
 
 from __future__ import annotations
@@ -333,15 +335,14 @@ _SKIP = (
 )
 
 
-def fastsurfer_rootfs(folder: Path) -> Path:
-    """A tar of a stand-in for FastSurfer's Docker image (see the module doc)."""
-    fs = _Rootfs(Path(folder) / "fastsurfer-rootfs.tar")
-    fs.busybox()
+def _python(fs: _Rootfs) -> str:
+    """This machine's Python in the image, at its own path (it finds its standard library from
+    there), with the packages the stubs import and the shared libraries all of it loads; returns
+    the interpreter's path."""
     exe = os.path.realpath(sys.executable)
     prefix = sys.base_prefix
-    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
     stdlib = Path(sysconfig.get_paths(vars={"base": prefix, "installed_base": prefix})["stdlib"])
-    fs.file(exe, exe, 0o755)  # at its own path: it finds its standard library from there
+    fs.file(exe, exe, 0o755)
     fs.tree(str(stdlib), stdlib, skip=_SKIP)
     site = Path(sysconfig.get_paths()["purelib"])
     packed = []
@@ -356,15 +357,19 @@ def fastsurfer_rootfs(folder: Path) -> Path:
     for lib in _libraries(binaries):
         if not lib.startswith(str(site)):
             fs.file(lib, lib, 0o755)
+    return exe
+
+
+def fastsurfer_rootfs(folder: Path) -> Path:
+    """A tar of a stand-in for FastSurfer's Docker image (see the module doc)."""
+    fs = _Rootfs(Path(folder) / "fastsurfer-rootfs.tar")
+    fs.busybox()
+    exe = _python(fs)
     # as in FastSurfer's image: its environment's interpreter, named as FastSurfer calls it
     fs.link("venv/bin/python3", exe)
-    fs.link(f"venv/bin/{ver}", exe)
     fs.link("venv/bin/python3.10", exe)  # run_fastsurfer.sh's default `python3.10 -s`
-    fs.text(
-        "fastsurfer/run_fastsurfer.sh",
-        "#!/venv/bin/python3\n" + (STUBS / "run_fastsurfer.py").read_text(),
-        0o755,
-    )
+    stub = (STUBS / "run_fastsurfer.py").read_text()
+    fs.text("fastsurfer/run_fastsurfer.sh", "#!/venv/bin/python3\n" + stub, 0o755)
     # FastSurfer's entrypoint: activates its environment and runs the command (not exec'd)
     fs.text("fastsurfer/Docker/entrypoint.sh", '#!/bin/sh\nexport PATH="/venv/bin:$PATH"\n"$@"\n', 0o755)
     for net, pattern in (
@@ -377,6 +382,22 @@ def fastsurfer_rootfs(folder: Path) -> Path:
     return fs.close()
 
 
+def freesurfer_rootfs(folder: Path) -> Path:
+    """A tar of a stand-in for FreeSurfer's Docker image: ``recon-all`` (the stub the native tests
+    run, support/stubs/recon_all.py) in ``/usr/local/freesurfer/bin``, no licence (the user
+    mounts one), no entrypoint."""
+    fs = _Rootfs(Path(folder) / "freesurfer-rootfs.tar")
+    fs.busybox()
+    exe = _python(fs)
+    stub = (STUBS / "recon_all.py").read_text()
+    fs.text("usr/local/freesurfer/bin/recon-all", f"#!{exe}\n" + stub, 0o755)
+    return fs.close()
+
+
+FREESURFER_IMAGE_CHANGES = (
+    "ENV PATH=/usr/local/freesurfer/bin:/bin",
+    "ENV FREESURFER_HOME=/usr/local/freesurfer",
+)
 FASTSURFER_IMAGE_CHANGES = (
     'ENTRYPOINT ["/fastsurfer/Docker/entrypoint.sh","/fastsurfer/run_fastsurfer.sh"]',
     "ENV PATH=/venv/bin:/bin",
