@@ -187,7 +187,8 @@ def test_container_started_by_a_script_is_found_by_its_image_and_command(
     parent = cgroup_parent("nested")
     script = tmp_path / "job.sh"
     cmd = " ".join(docker_run("--cgroup-parent", parent, BB, "sh", "-c", f"'{BURN}'", "sh", "200"))
-    script.write_text(f"#!/bin/sh\necho starting\n{cmd}\n")
+    # the script outlives its container: the cgroup is gone long before the run's last reading
+    script.write_text(f"#!/bin/sh\necho starting\n{cmd}\nsleep 2\n")
     script.chmod(0o755)
     r = wattsup(
         "run",
