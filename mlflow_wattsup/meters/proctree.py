@@ -156,7 +156,6 @@ class ProcessTreeMeter:
         self._max_s = 0.0
         self._baseline_s = 0.0
         self._attached: dict[str, _Attached] = {}
-        self.last_pids: tuple[int, ...] = ()
         first = self._raw()
         self._baseline_s = first[0]
 
@@ -226,13 +225,8 @@ class ProcessTreeMeter:
         again is a no-op."""
         self._attached.setdefault(key, _Attached(source, tuple(cgroups)))
 
-    @property
-    def attached(self) -> dict[str, _Source]:
-        return {k: a.source for k, a in self._attached.items()}
-
     def read(self) -> TreeReading:
         cpu_s, rss, pids = self._raw()
-        self.last_pids = pids
         extra_s, extra_mem, groups = 0.0, 0, []
         for a in list(self._attached.values()):
             r = a.source.read()

@@ -248,7 +248,7 @@ class ContainerWatch:
         self.mountinfo = mountinfo
         self._lock = threading.RLock()
         self._items: list[_Container] = []
-        self._seen: set[tuple[int, str]] = set()  # (pid, start time) of processes already looked at
+        self._seen: set[int] = set()  # the tree's processes at the last look
         self._claimed: set[str] = set()
         self._warnings: list[str] = []
         self._thread: threading.Thread | None = None
@@ -289,16 +289,15 @@ class ContainerWatch:
             for c in self._items:
                 if c.client_pid is None:
                     c.client_pid = pid
-            self._seen.add((pid, _start_time(pid, self.proc_root)))
+            self._seen.add(pid)
 
     def observe(self, pids: Sequence[int]) -> None:
-        """Look at the tree's processes not seen before: a container runtime client among them
-        is watched. Cheap (one ``cmdline`` read per new process); called at every sample."""
-        seen, self._seen = self._seen, set()
+        """Look at the tree's processes not there at the last look: a container runtime client
+        among them is watched. Cheap (one ``cmdline`` read per new process, nothing for the
+        others); called at every sample."""
+        seen, self._seen = self._seen, set(pids)  # only the live ones are kept: the tree's size
         for pid in pids:
-            key = (pid, _start_time(pid, self.proc_root))
-            self._seen.add(key)  # only the live ones are kept: the set stays the tree's size
-            if key in seen:
+            if pid in seen:
                 continue
             argv = _cmdline(pid, self.proc_root)
             client = parse_client(argv)
@@ -625,11 +624,11 @@ class ContainerWatch:
                 return info[0].get("Id")
         found = self._match_running(c)
         if found is None and not alive and c.state == "pending":
-            if c.tries >= 1:
-                self._unresolved(c, "no running container matches its image and command")
-            else:
-                with self._lock:
-                    c.state = "ended"
+            self._unresolved(
+                c,
+                f"process {c.client_pid} ended before its container could be found: a container of well "
+                "under a second, or one that never started",
+            )
         return found
 
     def _match_running(self, c: _Container) -> str | None:
