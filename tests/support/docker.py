@@ -437,17 +437,15 @@ def cgroup_cpu_s(parent: str) -> float:
 
 
 def remove_cgroup(parent: str) -> None:
-    """Remove an (empty) cgroup made for a test under every hierarchy."""
-    for root in Path("/sys/fs/cgroup").iterdir():
-        d = root / parent.strip("/")
-        if d.is_dir():
+    """Remove an (empty) cgroup made for a test, and the empty cgroups below it (Podman leaves its
+    ``conmon`` cgroup there), under every hierarchy."""
+    roots = [p for p in Path("/sys/fs/cgroup").iterdir() if p.is_dir()] + [Path("/sys/fs/cgroup")]
+    for root in roots:
+        top = root / parent.strip("/")
+        if not top.is_dir():
+            continue
+        for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):  # deepest first
             try:
-                os.rmdir(d)
+                os.rmdir(dirpath)
             except OSError:
                 pass
-    d = Path("/sys/fs/cgroup") / parent.strip("/")
-    if d.is_dir():
-        try:
-            os.rmdir(d)
-        except OSError:
-            pass
