@@ -49,6 +49,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlflow_wattsup.meters.cgroup import RunProcesses
 from mlflow_wattsup.meters.sanity import plausible_power_w
 
 SOURCE_ENERGY = "amdsmi-energy"
@@ -171,12 +172,13 @@ class AmdsmiMeter:
         """``amdsmi-energy`` if every GPU has an energy counter, else ``amdsmi-power``."""
         return SOURCE_ENERGY if all(g.has_counter for g in self._gpus) else SOURCE_POWER
 
-    def read(self, pids: Iterable[int] | None = None) -> AmdsmiReading:
+    def read(self, pids: Iterable[int] | None = None, cgroups: Iterable[str] = ()) -> AmdsmiReading:
         """Read every GPU; with ``pids``, also the share of each used by those processes: their
         GFX engine time since the last read over all processes', else their share of VRAM, else
-        0 when no process is on the GPU, None when no listed PID exists in our namespace."""
+        0 when no process is on the GPU, None when no listed PID exists in our namespace. A process
+        in one of ``cgroups`` (a container the run started) counts as the run's."""
         now = time.monotonic()
-        wanted = set(pids) if pids is not None else None
+        wanted = RunProcesses(set(pids), tuple(cgroups), "/proc") if pids is not None else None
         out = []
         for g in self._gpus:
             power_w = self._power_w(g)
@@ -204,7 +206,7 @@ class AmdsmiMeter:
             return None
         return plausible_power_w(_watts(info.get(g.power_field)), g.max_power_w)
 
-    def _share(self, g: _AmdGpu, ours: set[int]) -> float | None:
+    def _share(self, g: _AmdGpu, ours: RunProcesses) -> float | None:
         procs: list[dict] = []
         for h in g.proc_handles:
             try:

@@ -14,6 +14,10 @@ prefixes; an empty value or an invalid entry ends the list, as CUDA does). Integ
 NVML (PCI bus) indices; they equal CUDA's only with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``.
 
 No driver, no library, or no device is not an error: :func:`open_nvml` returns ``None``.
+
+Containers: NVML lists the host PIDs of the processes on a GPU. A container started by the run
+(Docker: its processes are the daemon's children, not ours) is matched by cgroup: a listed
+process whose ``/proc/PID/cgroup`` is the container's cgroup (or below it) is the run's.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlflow_wattsup.meters.cgroup import RunProcesses
 from mlflow_wattsup.meters.sanity import plausible_power_w
 
 SOURCE_ENERGY = "nvml-energy"
@@ -103,10 +108,11 @@ def visible_indices(count: int, uuids: list[str], env: str | None) -> list[int]:
 class NvmlMeter:
     """Energy of the visible GPUs. Create with :func:`open_nvml`."""
 
-    def __init__(self, nvml: Any, gpus: list[_Gpu], driver: str):
+    def __init__(self, nvml: Any, gpus: list[_Gpu], driver: str, proc_root: str = "/proc"):
         self._nvml = nvml
         self._gpus = gpus
         self.driver_version = driver
+        self.proc_root = proc_root  # where /proc/PID/cgroup is read (tests point it at a fake)
 
     @property
     def names(self) -> list[str]:
@@ -117,8 +123,10 @@ class NvmlMeter:
         """``nvml-energy`` if every GPU has an energy counter, else ``nvml-power``."""
         return SOURCE_ENERGY if all(g.has_counter for g in self._gpus) else SOURCE_POWER
 
-    def read(self, pids: Iterable[int] | None = None) -> NvmlReading:
-        """Read every GPU; with ``pids``, also the share of each GPU used by those processes.
+    def read(self, pids: Iterable[int] | None = None, cgroups: Iterable[str] = ()) -> NvmlReading:
+        """Read every GPU; with ``pids``, also the share of each GPU used by those processes and
+        by the processes in ``cgroups`` (cgroup paths as ``/proc/PID/cgroup`` writes them: the
+        run's containers).
 
         Share, per GPU, from the first of these that NVML answers:
         1. per-process SM utilisation samples since the last read: ours / all;
@@ -126,7 +134,7 @@ class NvmlMeter:
         3. else ``None`` (e.g. containers whose PID namespace hides the host PIDs).
         """
         now = time.monotonic()
-        wanted = set(pids) if pids is not None else None
+        wanted = RunProcesses(set(pids), tuple(cgroups), self.proc_root) if pids is not None else None
         out = []
         for g in self._gpus:
             power_w = self._power_w(g)
@@ -152,7 +160,7 @@ class NvmlMeter:
             return None
         return plausible_power_w(raw_w, g.max_power_w)
 
-    def _share(self, g: _Gpu, ours: set[int]) -> float | None:
+    def _share(self, g: _Gpu, ours: RunProcesses) -> float | None:
         nv = self._nvml
         try:
             samples = nv.nvmlDeviceGetProcessUtilization(g.handle, g.last_util_ts_us)

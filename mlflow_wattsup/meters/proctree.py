@@ -19,6 +19,13 @@ Processes that leave the tree (orphans re-parented to init) are lost unless the 
 child subreaper (:func:`become_subreaper`), in which case their rusage arrives through ``wait4``
 and is added with :meth:`ProcessTreeMeter.add_reaped`.
 
+Containers: a Docker container's processes are the children of the runtime's daemon, not of
+the command that started it, so no tree walk finds them. Their cgroup counts them instead
+(:mod:`.cgroup`); :meth:`ProcessTreeMeter.attach` adds such a cgroup's CPU time and memory to the
+tree's (``tracking/containers.py`` decides which cgroups belong to the run). A cgroup whose
+processes are already in the tree (rootful Podman under a subreaper) is not attached: it would be
+counted twice.
+
 Machine-wide busy CPU seconds come from ``/proc/stat``.
 
 On Linux everything is read from procfs directly (about 20 us per process); elsewhere psutil.
@@ -30,6 +37,7 @@ import ctypes
 import os
 import time
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -41,14 +49,19 @@ class TreeReading:
     """The tracked tree at one instant.
 
     ``cpu_s``: CPU seconds (user+system) used by the tree since the meter started, children that
-    already exited included. ``rss_bytes``: resident memory summed over live processes (shared
-    pages are counted once per process). ``pids``: the live processes.
+    already exited included, and of the attached cgroups (containers). ``rss_bytes``: resident
+    memory summed over live processes (shared pages are counted once per process) and attached
+    cgroups. ``pids``: the live processes of the tree (not the containers'). ``container_cpu_s``:
+    the part of ``cpu_s`` from attached cgroups. ``cgroups``: the attached cgroups' paths (as in
+    ``/proc/PID/cgroup``), whose processes are the run's too (e.g. on a GPU).
     """
 
     monotonic_s: float
     cpu_s: float
     rss_bytes: int
     pids: tuple[int, ...]
+    container_cpu_s: float = 0.0
+    cgroups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,23 @@ def _children_of(pid: int) -> list[int]:
     return out
 
 
+class _Source(Protocol):
+    def read(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class _Attached:
+    source: _Source
+    cgroups: tuple[str, ...]
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def _has_children_file() -> bool:
     return _HAVE_PROC and os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
 
@@ -108,16 +138,24 @@ class ProcessTreeMeter:
 
     With ``children_of=PID`` the tree is instead every current child of PID (and their
     descendants) but not PID itself: this is how ``wattsup run`` counts its command together with
-    the orphans it adopted as subreaper, without counting its own sampling and logging.
+    the orphans it adopted as subreaper, without counting its own sampling and logging. When PID is
+    this process, children in its own process group are its helpers (the command runs in a group
+    of its own; MLflow's ``git``, a container runtime's ``inspect``), not the command's, and are
+    left out.
+
+    Attached cgroups (:meth:`attach`) add their CPU seconds and memory.
     """
 
     def __init__(self, root_pid: int | None = None, *, children_of: int | None = None):
         self.root_pid = os.getpid() if root_pid is None else root_pid
         self.children_of = children_of
+        # our own helpers: only where the tree is our children (a launcher's ranks share its group)
+        self._own_group = os.getpgrp() if children_of == os.getpid() else None
         self._fast_children = _has_children_file()
         self._reaped_s = 0.0
         self._max_s = 0.0
         self._baseline_s = 0.0
+        self._attached: dict[str, _Attached] = {}
         first = self._raw()
         self._baseline_s = first[0]
 
@@ -130,10 +168,10 @@ class ProcessTreeMeter:
         ppids = None if self._fast_children else _ppid_map()
         if self.children_of is None:
             queue = [self.root_pid]
-        elif ppids is None:
-            queue = _children_of(self.children_of)
         else:
-            queue = list(ppids.get(self.children_of, ()))
+            queue = _children_of(self.children_of) if ppids is None else list(ppids.get(self.children_of, ()))
+            if self._own_group is not None:
+                queue = [p for p in queue if _pgid(p) != self._own_group]
         seen = set()
         while queue:
             pid = queue.pop(0)
@@ -180,11 +218,25 @@ class ProcessTreeMeter:
         """
         self._reaped_s += cpu_s
 
+    def attach(self, key: str, source: _Source, cgroups: tuple[str, ...] = ()) -> None:
+        """Count a cgroup as part of the tree from now on: ``source.read()`` returns a
+        :class:`~.cgroup.CgroupReading` (CPU seconds since the cgroup was created: all of it is
+        added). ``cgroups``: its paths, for matching other processes to it. Attaching ``key``
+        again is a no-op."""
+        self._attached.setdefault(key, _Attached(source, tuple(cgroups)))
+
     def read(self) -> TreeReading:
         cpu_s, rss, pids = self._raw()
-        total = cpu_s - self._baseline_s + self._reaped_s
+        extra_s, extra_mem, groups = 0.0, 0, []
+        for a in list(self._attached.values()):
+            r = a.source.read()
+            extra_s += r.cpu_s
+            extra_mem += r.memory_bytes or 0
+            if not r.gone:
+                groups.extend(a.cgroups)
+        total = cpu_s - self._baseline_s + self._reaped_s + extra_s
         self._max_s = max(self._max_s, total)
-        return TreeReading(time.monotonic(), self._max_s, rss, pids)
+        return TreeReading(time.monotonic(), self._max_s, rss + extra_mem, pids, extra_s, tuple(groups))
 
 
 class MachineMeter:

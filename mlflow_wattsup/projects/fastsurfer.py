@@ -1,8 +1,12 @@
 """``projects/fastsurfer``: FastSurfer's segmentation (``run_fastsurfer.sh --seg_only``), measured.
 
-FastSurfer runs in its own environment (``py``: its Python interpreter, passed as ``--py``; or
-an Apptainer/Singularity image, ``fastsurfer_image``): we measure it from outside and never
-replace its packages. Logs the run's energy, carbon and runtime; one stage per FastSurfer
+FastSurfer runs in its own environment (``py``: its Python interpreter, passed as ``--py``; an
+Apptainer/Singularity image, ``fastsurfer_image=PATH.sif``; or FastSurfer's Docker image,
+``fastsurfer_image=docker://deepmi/fastsurfer:TAG``, also ``podman://``): we measure it from
+outside and never replace its packages. The Docker image runs as its documentation runs it
+(``--rm``, ``--user`` the caller, ``t1``'s and ``sd``'s folders mounted, ``--gpus`` for a GPU run;
+see :mod:`~mlflow_wattsup.tracking.container_run`), and the container is attributed to the run
+through its cgroup. Logs the run's energy, carbon and runtime; one stage per FastSurfer
 program (``asegdkt``, ``biasfield``, ``segstats``, ``cerebnet``, ``hypvinn``), the asegdkt
 network's planes ``coronal``, ``sagittal``, ``axial`` and ``view_aggregation``, HypVINN's
 ``hypvinn.<plane>`` (durations as FastSurfer logged them); the parameters and MACs of every
@@ -12,7 +16,8 @@ aseg-merged form (``dice_aseg/*``).
 
 Before anything starts (seconds): the interpreter imports FastSurfer's dependencies, the
 checkpoints of the networks that will run are on disk (FastSurfer would download them, counted
-in the run, and fail offline), the container runtime exists. ``threads`` is enforced as the
+in the run, and fail offline), the container runtime exists (and, for Docker/Podman, holds the
+image: its checkpoints are inside). ``threads`` is enforced as the
 child's CPU affinity (FastSurfer 2.x does not pass ``--threads`` to the asegdkt network, which
 uses every CPU it may run on); the CPUs used are tagged.
 """
@@ -43,6 +48,7 @@ from mlflow_wattsup.projects.params import (
     path_param,
 )
 from mlflow_wattsup.sink import keys
+from mlflow_wattsup.tracking.container_run import check_image, parse_image, run_command
 
 INSTALL_HINT = (
     "FastSurfer not found: install it (git clone https://github.com/Deep-MI/FastSurfer, then its "
@@ -231,7 +237,11 @@ def main(argv=None) -> int:
         if not ok:
             raise ParamError(f"vox_size={args.vox_size!r} must be min or a number from 0.7 to 1 (mm)")
     modules = modules_to_run(no_cereb, no_hypothal, no_biasfield)
-    image = path_param("fastsurfer_image", args.fastsurfer_image)
+    try:
+        oci = parse_image(None if is_none(args.fastsurfer_image) else args.fastsurfer_image)
+    except ValueError as exc:
+        raise ParamError(f"fastsurfer_image={exc}") from None
+    image = None if oci else path_param("fastsurfer_image", args.fastsurfer_image)
     carbon = carbon_from(args)
     if device == "gpu" and not gpu_available():
         raise ParamError(
@@ -239,7 +249,13 @@ def main(argv=None) -> int:
             "use device=cpu or device=auto"
         )
     home: Path | None
-    if image is not None:
+    if oci is not None:
+        try:
+            runtime = check_image(oci)
+        except ValueError as exc:
+            raise ParamError(f"fastsurfer_image={oci}: {exc}") from None
+        home, script = None, None
+    elif image is not None:
         runtime = shutil.which("apptainer") or shutil.which("singularity")
         if not runtime:
             raise ParamError(
@@ -264,14 +280,19 @@ def main(argv=None) -> int:
     subject = sd / sid
     scripts = subject / "scripts"
     env = dict(os.environ)
+    gpu = None
     if device == "gpu" or (device == "auto" and gpu_available()):
-        os.environ["CUDA_VISIBLE_DEVICES"] = pin_gpu(env)  # our NVML meter reads it when it opens
+        gpu = pin_gpu(env)
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # our NVML meter reads it when it opens
     fs_args = ["--t1", str(t1), "--sid", sid, "--sd", str(sd), "--seg_only"]
     fs_args += ["--device", {"gpu": "cuda", "cpu": "cpu", "auto": "auto"}[device], "--threads", str(threads)]
     fs_args += [f for f, on in (("--no_cereb", no_cereb), ("--no_hypothal", no_hypothal)) if on]
     fs_args += ["--no_biasfield"] if no_biasfield else []
     fs_args += ["--vox_size", vox_size] if vox_size else []
-    if image is not None:
+    cpus = child_cpus(threads)
+    if oci is not None:
+        cmd = run_command(oci, runtime, fs_args, mounts=[sd], read_only=[t1.parent], cpus=cpus, gpu=gpu)
+    elif image is not None:
         binds = sorted({str(sd), str(t1.parent)} | ({str(reference.parent)} if reference else set()))
         cmd = [runtime, "exec", *(["--nv"] if device != "cpu" else [])]
         for b in binds:
@@ -281,7 +302,6 @@ def main(argv=None) -> int:
         cmd = [str(script), *fs_args, "--py", py]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow_root")
-    cpus = child_cpus(threads)
     tags = {
         keys.PIPELINE: "fastsurfer",
         keys.DEVICE: device,
@@ -289,8 +309,8 @@ def main(argv=None) -> int:
         keys.FASTSURFER_MODULES: " ".join(modules),
         keys.CPUS: cpu_list(cpus),
     }
-    if image is not None:
-        tags[keys.FASTSURFER_IMAGE] = str(image)
+    if oci is not None or image is not None:
+        tags[keys.FASTSURFER_IMAGE] = str(oci or image)
     run = CommandPipeline("fastsurfer", carbon, tags, args.experiment)
     run.log_inputs([(t1, "input"), (reference, "reference")])
     watcher = StageWatcher(run.tracker)

@@ -11,6 +11,13 @@ commands outside fs_time are missing), not a check of our ``cpu_time_s``, which 
 process tree. With a reference, Dice of the segmentation the directive leaves: ``mri/aseg.mgz``
 (all, autorecon3) or ``mri/aseg.presurf.mgz`` (autorecon2).
 
+FreeSurfer's Docker image (``freesurfer_image=docker://freesurfer/freesurfer:7.4.1``, also
+``podman://``) runs as FreeSurfer's image is run: ``recon-all`` as the command, the licence
+(``FS_LICENSE``, required: the image has none) and the input's folder mounted read-only and the
+subjects directory read-write, each at its own path, ``--rm``, ``--user`` the caller (see
+:mod:`~mlflow_wattsup.tracking.container_run`); the container is attributed to the run through
+its cgroup.
+
 recon-all appends to ``scripts/recon-all.log``: we read only what this call adds. Before starting:
 a ``t1`` for an existing subject is refused (recon-all would refuse ``-i`` after minutes of
 setup), and a leftover ``scripts/IsRunning.*`` (an interrupted run) is reported. recon-all runs
@@ -31,14 +38,28 @@ from mlflow_wattsup.projects.params import (
     choice_param,
     entry_point,
     int_param,
+    is_none,
     name_param,
     path_param,
 )
 from mlflow_wattsup.report.table import csv_text
 from mlflow_wattsup.sink import keys
+from mlflow_wattsup.tracking.container_run import check_image, parse_image, run_command
 
 DOWNLOAD = "https://surfer.nmr.mgh.harvard.edu/fswiki/DownloadAndInstall"
 LICENSE = "https://surfer.nmr.mgh.harvard.edu/registration.html"
+
+
+def image_licence() -> Path:
+    """The licence to mount into FreeSurfer's image (``FS_LICENSE``): a ParamError if unusable."""
+    licence = os.environ.get("FS_LICENSE", "").strip()
+    if not licence or not Path(licence).is_file():
+        where = f"FS_LICENSE={licence} is not a file" if licence else "FS_LICENSE is not set"
+        raise ParamError(
+            f"FreeSurfer's image needs a licence and has none ({where}): get one free at {LICENSE} and "
+            "set FS_LICENSE=/path/license.txt"
+        )
+    return Path(licence).resolve()
 
 
 def find_recon_all() -> Path:
@@ -204,6 +225,7 @@ def main(argv=None) -> int:
     p.add_argument("--reference", default="")
     p.add_argument("--reference-dir", default="")
     p.add_argument("--threads", default="1")
+    p.add_argument("--freesurfer-image", default="")
     add_carbon_args(p)
     args = p.parse_args(argv)
 
@@ -216,7 +238,25 @@ def main(argv=None) -> int:
     subject = subjects_dir / sid
     t1 = path_param("t1", args.t1)
     check_subject(subject, t1, directive, reference)
-    script = find_recon_all()
+    image_value = None if is_none(args.freesurfer_image) else args.freesurfer_image
+    try:
+        oci = parse_image(image_value)
+    except ValueError as exc:
+        raise ParamError(f"freesurfer_image={exc}") from None
+    if image_value and oci is None:
+        raise ParamError(
+            f"freesurfer_image={image_value}: give a container image as docker://REF or podman://REF, "
+            "e.g. docker://freesurfer/freesurfer:7.4.1"
+        )
+    if oci is not None:
+        licence = image_licence()
+        try:
+            cli = check_image(oci)
+        except ValueError as exc:
+            raise ParamError(f"freesurfer_image={oci}: {exc}") from None
+        script = Path("recon-all")  # on the image's PATH
+    else:
+        script = find_recon_all()
     carbon = carbon_from(args)
 
     subjects_dir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +264,17 @@ def main(argv=None) -> int:
     if t1 is not None:
         cmd[3:3] = ["-i", str(t1)]
     # recon-all sets LANG=C, but LC_ALL/LC_TIME would still win for its `date` stamps
-    env = dict(os.environ, SUBJECTS_DIR=str(subjects_dir), LC_ALL="C", LANG="C")
+    fs_env = {"SUBJECTS_DIR": str(subjects_dir), "LC_ALL": "C", "LANG": "C"}
+    env = dict(os.environ, **fs_env)
+    if oci is not None:
+        cmd = run_command(
+            oci,
+            cli,
+            cmd,
+            mounts=[subjects_dir],
+            read_only=[licence, *([t1.parent] if t1 is not None else [])],
+            env={**fs_env, "FS_LICENSE": str(licence)},
+        )
     run = CommandPipeline(
         "recon-all",
         carbon,
@@ -233,6 +283,7 @@ def main(argv=None) -> int:
             keys.DEVICE: "cpu",
             keys.SUBJECT: sid,
             keys.DIRECTIVE: directive,
+            **({keys.FREESURFER_IMAGE: str(oci)} if oci is not None else {}),
         },
         args.experiment,
     )

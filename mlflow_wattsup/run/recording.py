@@ -26,9 +26,12 @@ def stage_metrics(stages: list[StageResult], carbon: CarbonConfig) -> dict[str, 
 
 def summary_metrics(t: Totals, carbon: CarbonConfig) -> dict[str, float]:
     """The run-level metrics of ``docs/metrics.md``."""
-    return keys.run_metrics(
-        t.duration_s, t.energy, carbon, machine_energy=t.machine_energy, cpu_time_s=t.cpu_s
-    )
+    return {
+        **keys.run_metrics(
+            t.duration_s, t.energy, carbon, machine_energy=t.machine_energy, cpu_time_s=t.cpu_s
+        ),
+        **keys.container_metrics(t.containers),
+    }
 
 
 @dataclass
@@ -89,9 +92,12 @@ class Recording:
                 {**summary_metrics(totals, self.carbon), **keys.slurm_metrics(totals.slurm)}
             )
             self.sink.log_metrics(stage_metrics(self._stages(), self.carbon))
-            self.sink.set_tags(
-                {**source_tags(totals), **keys.slurm_tags(totals.slurm), **keys.warning_tags(totals.warnings)}
-            )
+            tags = {
+                **source_tags(totals),
+                **keys.slurm_tags(totals.slurm),
+                **keys.warning_tags(totals.warnings),
+            }
+            self.sink.set_tags({**tags, **keys.container_tags(totals.containers)})
         if extra_tags:
             self.sink.set_tags(extra_tags)
         return totals
@@ -124,6 +130,7 @@ def summary_text(where: list[str], totals: Totals, carbon: CarbonConfig, exit_co
         *([_slurm_line(totals.slurm)] if totals.slurm is not None else []),
         *(f"  {line}" for line in where),
     ]
+    lines += [f"  container {u.label} ({u.method}): {u.cpu_s:.1f} CPU-s" for u in totals.containers[:5]]
     lines += [f"  warning ({k}): {v}" for k, v in totals.warnings.items()]
     return "\n".join(lines)
 

@@ -512,3 +512,38 @@ def slurm_tags(slurm: Any) -> dict[str, str]:
     if slurm is None:
         return {}
     return {SOURCE_SLURM: slurm.source, SLURM_ENERGY: slurm.detail, SLURM_ALLOCATION: slurm.allocation.rule}
+
+
+# -- containers the run started (issue 19; tracking/containers.py) -------------------------------
+#: tag: the containers attributed to the run, ``<runtime>:<12-character id>`` comma separated
+CONTAINER_ATTRIBUTION = "wattsup.attribution.container"
+#: tag: how they were counted: ``cgroup-v1``/``cgroup-v2`` (their cgroup's CPU time and memory
+#: added to the run's) or ``process-tree`` (their processes were the run's own descendants)
+CONTAINER_METHOD = "wattsup.attribution.container_method"
+#: metric: CPU seconds of the attributed containers' cgroups (part of ``cpu_time_s``)
+CONTAINER_CPU_TIME_S = "container_cpu_time_s"
+#: tag: the FreeSurfer image a ``projects/freesurfer`` run used (``docker://REF``)
+FREESURFER_IMAGE = "wattsup.freesurfer.image"
+_CONTAINERS_LISTED = 20
+
+
+def container_tags(uses: Iterable[Any]) -> dict[str, str]:
+    """``wattsup.attribution.container`` and ``..._method`` of the containers attributed
+    (``tracking.containers.ContainerUse``); nothing when there were none."""
+    uses = list(uses)
+    if not uses:
+        return {}
+    labels = [u.label for u in uses[:_CONTAINERS_LISTED]]
+    if len(uses) > _CONTAINERS_LISTED:
+        labels.append(f"and {len(uses) - _CONTAINERS_LISTED} more")
+    methods = list(dict.fromkeys(u.method for u in uses))
+    return {CONTAINER_ATTRIBUTION: ", ".join(labels), CONTAINER_METHOD: ",".join(methods)}
+
+
+def container_metrics(uses: Iterable[Any]) -> dict[str, float]:
+    """``container_cpu_time_s``: CPU seconds of the attributed containers (their cgroups)."""
+    uses = list(uses)
+    return {CONTAINER_CPU_TIME_S: sum(u.cpu_s for u in uses)} if uses else {}
+
+
+# -- end of the containers block -------------------------------------------------------------------

@@ -2,6 +2,10 @@
 forwarded, orphans adopted (subreaper), exact ``wait4`` rusage, and optional watching of its
 output lines or of a log file it writes (for epoch markers and pipeline stages).
 
+A container run (``docker run ...``, directly or deeper in the tree) is watched by the tracker's
+:class:`~.containers.ContainerWatch`: ``--cidfile`` is added to the command when it is one, and a
+forwarded stop signal stops the run's containers too; the run ends when they have.
+
 Used by ``wattsup run`` and the pipeline projects (FastSurfer, FreeSurfer).
 """
 
@@ -51,6 +55,9 @@ def execute(
     Raises :class:`SpawnError` if the command cannot start.
     """
     become_subreaper()
+    watch = getattr(tracker, "container_watch", None)
+    if watch is not None:
+        cmd = watch.expect(cmd, env)
     pipes = _Pipes(tracker, on_line) if on_line else None
     tail = _Tail(Path(watch_file), tracker, on_file_line, poll_s) if watch_file and on_file_line else None
     mask = os.sched_getaffinity(0) if cpus else None
@@ -71,12 +78,17 @@ def execute(
     finally:
         if mask:
             os.sched_setaffinity(0, mask)
+    if watch is not None:
+        watch.spawned(pid)
     if pipes:
         pipes.start()
     if tail:
         tail.start()
     try:
-        return _ChildRunner(pid).wait(tracker)
+        code, signalled = _ChildRunner(pid, watch.on_signal if watch else None).wait(tracker)
+        if watch is not None:
+            watch.settle(signalled, code)
+        return code, signalled
     finally:
         if pipes:
             pipes.join()
@@ -217,8 +229,9 @@ class _ChildRunner:
     # background job) stays ignored, by us and by the command, which inherits the disposition:
     # `wattsup run -- CMD` then reacts to signals exactly as CMD alone would.
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, on_signal: Callable[[int], None] | None = None):
         self.pid = pid
+        self.on_signal = on_signal  # told of each forwarded signal (the run's containers stop too)
         self.signalled: int | None = None
         self._tty_fd = None
         try:
@@ -235,6 +248,11 @@ class _ChildRunner:
             os.killpg(self.pid, signum)
         except ProcessLookupError:
             pass
+        if self.on_signal is not None:
+            try:
+                self.on_signal(signum)
+            except Exception:
+                pass
 
     def wait(self, tracker: Tracker) -> tuple[int, bool]:
         """Wait for the child; returns (exit code, whether it ended by a signal).

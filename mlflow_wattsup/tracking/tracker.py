@@ -14,6 +14,10 @@ GPU
     NVML (NVIDIA) or amdsmi (AMD) energy counter (or integrated power) delta per device, times
     the share of the device used by the tree's processes; where the driver cannot map processes
     (PID namespaces) the whole device is attributed and ``attribution_gpu`` says ``device``.
+Containers
+    A container the tree starts (``docker run``...) is found by :mod:`.containers` and its cgroup
+    attached to the tree: its CPU time and memory count as the tree's, its GPU processes as ours.
+    What cannot be resolved is a ``container`` warning.
 
 Totals depend only on counter and CPU-time deltas, not on how many samples arrived, so a
 sampler thread starved by a busy GIL still gives exact estimator totals (and RAPL totals as
@@ -56,6 +60,7 @@ from mlflow_wattsup.meters.proctree import MachineMeter, ProcessTreeMeter
 from mlflow_wattsup.meters.rapl import RaplMeter, RaplUnavailable, open_rapl
 from mlflow_wattsup.meters.sanity import STALL_S, STALLED, CounterCheck, Problem
 from mlflow_wattsup.meters.units import Energy
+from mlflow_wattsup.tracking.containers import ContainerUse, ContainerWatch
 from mlflow_wattsup.tracking.gpu_energy import GpuEnergy
 
 
@@ -115,6 +120,7 @@ class Totals:
     warnings: dict[str, str] = field(default_factory=dict)
     #: SLURM's own accounting of the job step over the run (None outside a SLURM job)
     slurm: slurm_meter.SlurmEnergy | None = None
+    containers: tuple[ContainerUse, ...] = ()
 
     @property
     def energy_kwh(self) -> float:
@@ -158,7 +164,9 @@ class Tracker:
     only where no NVIDIA GPU is). ``stall_s``: seconds a counter may stand still while its device
     is busy before it is no longer trusted (:mod:`mlflow_wattsup.meters.sanity`). ``slurm``:
     ``None`` for the SLURM job step we run in (if any), ``False`` to skip, or a
-    :class:`~mlflow_wattsup.meters.slurm.SlurmAccounting`.
+    :class:`~mlflow_wattsup.meters.slurm.SlurmAccounting`. ``containers``: find the
+    containers the tree starts and count them (only for a :class:`ProcessTreeMeter`; see
+    :mod:`.containers`).
     """
 
     def __init__(
@@ -176,6 +184,7 @@ class Tracker:
         amdsmi: Any = None,
         stall_s: float = STALL_S,
         slurm: Any = None,
+        containers: bool = True,
     ):
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -230,6 +239,8 @@ class Tracker:
         self._stopped: Totals | None = None
         self._sampler_cpu_s = 0.0
         self.tree: ProcessTreeMeter | None = None
+        self._watch_containers = containers
+        self.container_watch: ContainerWatch | None = None
 
     # -- properties -------------------------------------------------------------------------
 
@@ -258,6 +269,8 @@ class Tracker:
             raise RuntimeError("tracker already started")
         self._started = True
         self.tree = self._tree_arg or ProcessTreeMeter()
+        if self._watch_containers and isinstance(self.tree, ProcessTreeMeter):
+            self.container_watch = ContainerWatch(self.tree)
         self._t0 = time.monotonic()
         self._wall0 = time.time()
         self._cum = Energy()
@@ -340,6 +353,12 @@ class Tracker:
         with self._lock:
             self.sample(emit=True, final=True)
             duration = self._prev.t - self._t0
+            uses: tuple[ContainerUse, ...] = ()
+            if self.container_watch is not None:
+                self.container_watch.close()
+                uses = self.container_watch.uses
+                if self.container_watch.warnings:
+                    self.warnings.setdefault("container", "; ".join(self.container_watch.warnings))
             self._stopped = Totals(
                 duration_s=duration,
                 energy=self._cum,
@@ -349,6 +368,7 @@ class Tracker:
                 samples=self._samples,
                 warnings=dict(self.warnings),
                 slurm=slurm,
+                containers=uses,
             )
         for meter in (self.rapl, self.gpu):
             if meter is not None:
@@ -359,6 +379,13 @@ class Tracker:
 
     def _read(self) -> _Reading:
         tree = self.tree.read()
+        if self.container_watch is not None:
+            try:
+                self.container_watch.observe(tree.pids)
+            except Exception as exc:  # looking for containers must never stop the measurement
+                self._meter_failed(
+                    "container", f"looking for containers failed ({type(exc).__name__}: {exc})"
+                )
         mach = self.machine.read()
         pkg = dram = None
         if self.rapl is not None:
@@ -375,7 +402,7 @@ class Tracker:
         gpus = None
         if self.gpu is not None:
             try:
-                gpus = list(self.gpu.read(tree.pids).gpus)
+                gpus = list(self.gpu.read(tree.pids, getattr(tree, "cgroups", ())).gpus)
             except Exception as exc:  # NVMLError, AmdSmiException and friends
                 vendor = "NVML" if self.gpu.source.startswith("nvml") else "amdsmi"
                 self._meter_failed(
