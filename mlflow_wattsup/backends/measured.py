@@ -163,6 +163,72 @@ def entry_point_env(
     return {**base, **s.env(), **run_env, RUN_ENV: run_id}
 
 
+class MeasuredEntryPoint:
+    """The measurement of one entry point: made ready (run resolved, tracker built: MLflow's import,
+    seconds where it was not imported yet) when created, run by :meth:`run`.
+
+    ``command`` (a shell line) runs in ``workdir`` with ``env`` (see :func:`entry_point_env`),
+    measured into ``run_id`` at ``tracking_uri``."""
+
+    def __init__(
+        self,
+        command: str,
+        workdir: str,
+        env: Mapping[str, str],
+        run_id: str,
+        tracking_uri: str,
+        settings: MeterSettings,
+        echo: Any = sys.stderr,
+    ):
+        from mlflow_wattsup.meters.proctree import ProcessTreeMeter
+        from mlflow_wattsup.run.lifecycle import TrackedRun
+        from mlflow_wattsup.tracking.tracker import make_tracker
+
+        self._cpu0 = _own_cpu_s()
+        self.command, self.workdir, self.env = command, str(workdir), dict(env)
+        self.run_id, self.tracking_uri, self.echo = run_id, tracking_uri, echo
+        self.carbon = settings.carbon()
+        self.run = TrackedRun(tracking_uri=tracking_uri, run_id=run_id, echo=echo)
+        self.tracker = make_tracker(
+            tree=ProcessTreeMeter(children_of=os.getpid()),
+            interval_s=settings.interval_s,
+            cpu_tdp_w=settings.cpu_tdp_w,
+            cpu_w_per_thread=settings.cpu_w_per_thread,
+        )
+
+    def execute(self) -> Outcome:
+        """Run the command measured; log the totals and end tags, then set the run's final status
+        (FINISHED, FAILED, KILLED from the exit code). The command's exit code is what counts:
+        the store being away is said, never raised."""
+        from mlflow_wattsup.backends.common import mark_run
+        from mlflow_wattsup.run.notices import say
+        from mlflow_wattsup.tracking.runner import SpawnError, execute, run_status
+
+        run, echo = self.run, self.echo
+        if echo is not None:
+            say([*self.tracker.notes, self.carbon.intensity.warning], echo=echo)
+        run.record(self.tracker, self.carbon, {keys.COMMAND: self.command})
+        spawned = True
+        try:
+            exit_code, signalled = execute(shell_command(self.command, self.workdir), self.tracker, self.env)
+            status = run_status(exit_code, signalled)
+        except SpawnError as exc:
+            spawned, exit_code, status = False, exc.exit_code, "FAILED"
+            if echo is not None:
+                print(f"wattsup: error: {exc.message}", file=echo)
+        run.finish(
+            status,
+            exit_code,
+            before_close=lambda: run.sink.log_metrics({keys.OVERHEAD_CPU_S: _own_cpu_s() - self._cpu0}),
+        )
+        if not mark_run(self.tracking_uri, self.run_id, status) and echo is not None:
+            print(
+                f"wattsup: run {self.run_id} could not be set {status} (tracking store unreachable)",
+                file=echo,
+            )
+        return Outcome(exit_code, status, run, self.carbon, spawned)
+
+
 def run_measured(
     command: str,
     workdir: str,
@@ -172,45 +238,8 @@ def run_measured(
     settings: MeterSettings,
     echo: Any = sys.stderr,
 ) -> Outcome:
-    """Run the shell line ``command`` in ``workdir`` with ``env`` (see :func:`entry_point_env`),
-    measured into ``run_id``; log the totals and end tags, then set the run's final status
-    (FINISHED, FAILED, KILLED from the exit code). Never raises over the measurement: the
-    command's exit code is what counts."""
-    from mlflow_wattsup.backends.common import mark_run
-    from mlflow_wattsup.meters.proctree import ProcessTreeMeter
-    from mlflow_wattsup.run.lifecycle import TrackedRun
-    from mlflow_wattsup.run.notices import say
-    from mlflow_wattsup.tracking.runner import SpawnError, execute, run_status
-    from mlflow_wattsup.tracking.tracker import make_tracker
-
-    cpu0 = _own_cpu_s()
-    carbon = settings.carbon()
-    run = TrackedRun(tracking_uri=tracking_uri, run_id=run_id, echo=echo)
-    tracker = make_tracker(
-        tree=ProcessTreeMeter(children_of=os.getpid()),
-        interval_s=settings.interval_s,
-        cpu_tdp_w=settings.cpu_tdp_w,
-        cpu_w_per_thread=settings.cpu_w_per_thread,
-    )
-    if echo is not None:
-        say([*tracker.notes, carbon.intensity.warning], echo=echo)
-    run.record(tracker, carbon, {keys.COMMAND: command})
-    spawned = True
-    try:
-        exit_code, signalled = execute(shell_command(command, workdir), tracker, dict(env))
-        status = run_status(exit_code, signalled)
-    except SpawnError as exc:
-        spawned, exit_code, status = False, exc.exit_code, "FAILED"
-        if echo is not None:
-            print(f"wattsup: error: {exc.message}", file=echo)
-    run.finish(
-        status,
-        exit_code,
-        before_close=lambda: run.sink.log_metrics({keys.OVERHEAD_CPU_S: _own_cpu_s() - cpu0}),
-    )
-    if not mark_run(tracking_uri, run_id, status) and echo is not None:
-        print(f"wattsup: run {run_id} could not be set {status} (tracking store unreachable)", file=echo)
-    return Outcome(exit_code, status, run, carbon, spawned)
+    """:class:`MeasuredEntryPoint` made ready and run."""
+    return MeasuredEntryPoint(command, workdir, env, run_id, tracking_uri, settings, echo).execute()
 
 
 def _own_cpu_s() -> float:
