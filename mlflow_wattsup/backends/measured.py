@@ -164,8 +164,9 @@ def entry_point_env(
 
 
 class MeasuredEntryPoint:
-    """The measurement of one entry point: made ready (run resolved, tracker built: MLflow's import,
-    seconds where it was not imported yet) when created, run by :meth:`run`.
+    """The measurement of one entry point: made ready when created (the run resolved, the start
+    params and tags logged, the tracker started: MLflow's import, seconds where it was not
+    imported yet; raises if the store refuses), then :meth:`execute` runs the command.
 
     ``command`` (a shell line) runs in ``workdir`` with ``env`` (see :func:`entry_point_env`),
     measured into ``run_id`` at ``tracking_uri``."""
@@ -195,19 +196,20 @@ class MeasuredEntryPoint:
             cpu_tdp_w=settings.cpu_tdp_w,
             cpu_w_per_thread=settings.cpu_w_per_thread,
         )
+        if echo is not None:
+            from mlflow_wattsup.run.notices import say
+
+            say([*self.tracker.notes, self.carbon.intensity.warning], echo=echo)
+        self.run.record(self.tracker, self.carbon, {keys.COMMAND: command})
 
     def execute(self) -> Outcome:
         """Run the command measured; log the totals and end tags, then set the run's final status
         (FINISHED, FAILED, KILLED from the exit code). The command's exit code is what counts:
         the store being away is said, never raised."""
         from mlflow_wattsup.backends.common import mark_run
-        from mlflow_wattsup.run.notices import say
         from mlflow_wattsup.tracking.runner import SpawnError, execute, run_status
 
         run, echo = self.run, self.echo
-        if echo is not None:
-            say([*self.tracker.notes, self.carbon.intensity.warning], echo=echo)
-        run.record(self.tracker, self.carbon, {keys.COMMAND: self.command})
         spawned = True
         try:
             exit_code, signalled = execute(shell_command(self.command, self.workdir), self.tracker, self.env)
@@ -216,30 +218,21 @@ class MeasuredEntryPoint:
             spawned, exit_code, status = False, exc.exit_code, "FAILED"
             if echo is not None:
                 print(f"wattsup: error: {exc.message}", file=echo)
-        run.finish(
-            status,
-            exit_code,
-            before_close=lambda: run.sink.log_metrics({keys.OVERHEAD_CPU_S: _own_cpu_s() - self._cpu0}),
-        )
+        try:
+            run.finish(
+                status,
+                exit_code,
+                before_close=lambda: run.sink.log_metrics({keys.OVERHEAD_CPU_S: _own_cpu_s() - self._cpu0}),
+            )
+        except Exception as exc:  # the command has run: its status still goes to the run
+            if echo is not None:
+                print(f"wattsup: the totals could not be logged ({type(exc).__name__}: {exc})", file=echo)
         if not mark_run(self.tracking_uri, self.run_id, status) and echo is not None:
             print(
                 f"wattsup: run {self.run_id} could not be set {status} (tracking store unreachable)",
                 file=echo,
             )
         return Outcome(exit_code, status, run, self.carbon, spawned)
-
-
-def run_measured(
-    command: str,
-    workdir: str,
-    env: Mapping[str, str],
-    run_id: str,
-    tracking_uri: str,
-    settings: MeterSettings,
-    echo: Any = sys.stderr,
-) -> Outcome:
-    """:class:`MeasuredEntryPoint` made ready and run."""
-    return MeasuredEntryPoint(command, workdir, env, run_id, tracking_uri, settings, echo).execute()
 
 
 def _own_cpu_s() -> float:

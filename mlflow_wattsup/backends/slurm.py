@@ -190,17 +190,24 @@ def write_script(cfg: SlurmConfig, manifest: Path, n_tasks: int, gpu: bool, logs
     return script
 
 
+def apply_measurement(tasks: list[Task], cfg: SlurmConfig) -> None:
+    """The config's measurement settings into the tasks: as ``WATTSUP_*`` variables for every task
+    (a study's pipelines price their runs with them), and as what the wrapper measures with for a
+    project backend's task (``measure`` not None; None again with ``measure: false``)."""
+    from mlflow_wattsup.backends.measured import MeterSettings
+
+    settings_env = MeterSettings.from_dict(cfg.meter, "slurm").env()
+    for t in tasks:
+        t.env = {**settings_env, **t.env}
+        if t.measure is not None:
+            t.measure = {**cfg.meter, **t.measure} if cfg.measure else None
+
+
 def submit(tasks: list[Task], cfg: SlurmConfig, gpu: bool = False, env: dict | None = None) -> SlurmJob:
     """Submit ``tasks`` as one job (one task) or one job array; returns at once."""
     if not tasks:
         raise ValueError("nothing to submit")
-    from mlflow_wattsup.backends.measured import MeterSettings
-
-    carbon_env = MeterSettings.from_dict(cfg.meter, "slurm").env()
-    for t in tasks:
-        t.env = {**carbon_env, **t.env}
-        if t.measure is not None:  # a project backend's task: the wrapper measures it
-            t.measure = {**cfg.meter, **t.measure} if cfg.measure else None
+    apply_measurement(tasks, cfg)
     root = Path(cfg.workdir).absolute()
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ How it runs: MLflow's own local backend prepares the run: it fetches and validat
 (parameters, their types, ``path`` parameters resolved and downloaded as MLflow does), creates the
 run and its environment (``--env-manager local``, ``virtualenv``, ``uv``, ``conda``) and builds the
 command line. Only the last step is ours: instead of MLflow starting the command, we start it
-measured (:func:`.measured.run_measured`, the lifecycle ``wattsup run`` uses), with the variables
+measured (:class:`.measured.MeasuredEntryPoint`, the lifecycle ``wattsup run`` uses), with the variables
 MLflow gives an entry point (``MLFLOW_RUN_ID``, ``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_ID``),
 and end the run FINISHED / FAILED / KILLED from its exit code.
 
@@ -39,7 +39,7 @@ from mlflow.projects.backend.abstract_backend import AbstractBackend
 from mlflow.projects.submitted_run import SubmittedRun
 
 from mlflow_wattsup.backends.common import FAILED, FINISHED, absolute_uri
-from mlflow_wattsup.backends.measured import MEASURE_KEYS, MeterSettings, entry_point_env, run_measured
+from mlflow_wattsup.backends.measured import MEASURE_KEYS, MeasuredEntryPoint, MeterSettings, entry_point_env
 
 NAME = "wattsup"
 #: lower-case keys MLflow adds to every backend config (its upper-case ones are skipped too)
@@ -223,27 +223,39 @@ class WattsupBackend(AbstractBackend):
             if run_name:  # MLflow sets it after run() returns, which a failed run never does
                 client.set_tag(run_id, MLFLOW_RUN_NAME, run_name)
             command, cwd = prepare(work_dir, entry_point, params, config, tracking_uri, experiment_id, run_id)
+            env = entry_point_env(
+                os.environ,
+                run_id,
+                {**get_run_env_vars(run_id, experiment_id), "MLFLOW_TRACKING_URI": uri},
+                settings,
+            )
+            measured = MeasuredEntryPoint(command, cwd, env, run_id, uri, settings)
         except BaseException as exc:
-            client.set_terminated(run_id, FAILED)  # never left RUNNING
-            if isinstance(exc, Exception):
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise ExecutionException(
-                    f"{NAME} backend: the entry point could not be prepared ({first}); run {run_id} ended FAILED"
-                ) from None
+            _abandon(client, run_id, exc)
             raise
-        env = entry_point_env(
-            os.environ,
-            run_id,
-            {**get_run_env_vars(run_id, experiment_id), "MLFLOW_TRACKING_URI": uri},
-            settings,
-        )
+        sys.stdout.flush()
         print(f"wattsup: run {run_id}: {command}  (in {cwd}, measured)", file=sys.stderr, flush=True)
-        outcome = run_measured(command, cwd, env, run_id, uri, settings)
+        outcome = measured.execute()
         if outcome.spawned:
             print(outcome.summary(), file=sys.stderr, flush=True)
         if cli is not None and outcome.exit_code != 0:
             cli.exit(outcome.exit_code)  # `mlflow run` would exit 0: pass the entry point's code on
         return FinishedRun(run_id, outcome.status, outcome.exit_code)
+
+
+def _abandon(client, run_id: str, exc: BaseException) -> None:
+    """End a run whose entry point never started (FAILED; KILLED on Ctrl-C), never leaving it
+    RUNNING; an error becomes MLflow's one-line ``ExecutionException``."""
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    try:
+        client.set_terminated(run_id, "KILLED" if interrupted else FAILED)
+    except Exception:
+        pass  # the store is away: the error below is what the user needs
+    if isinstance(exc, Exception):
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExecutionException(
+            f"{NAME} backend: the entry point could not be prepared ({first}); run {run_id} ended FAILED"
+        ) from None
 
 
 def wattsup_backend() -> WattsupBackend:

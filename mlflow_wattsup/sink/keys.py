@@ -15,7 +15,9 @@ from mlflow_wattsup.analysis.carbon import CarbonConfig
 from mlflow_wattsup.meters.units import Energy, kwh
 
 PREFIX = "wattsup."
-#: set in the environment of a command run by ``wattsup run``: the run it is logged to
+#: set in the environment of a measured command (``wattsup run``, the ``wattsup`` and ``slurm``
+#: project backends): the run it is measured into; a measurer inside it that would measure that
+#: same run logs a stage of it instead (docs/backends.md)
 RUN_ENV = "WATTSUP_RUN_ID"
 
 # -- tags ---------------------------------------------------------------------------------------

@@ -36,6 +36,26 @@ def test_measurement_keys_of_the_slurm_config_are_checked_and_reach_the_jobs():
         slurm.SlurmConfig.from_dict({"regoin": "CA-QC"})
 
 
+def test_a_project_task_is_measured_with_the_config_and_a_study_task_priced_by_it():
+    from mlflow_wattsup.backends.common import Task
+
+    def tasks():
+        project = Task(
+            "r1", "python train.py", "/p", "http://h:5000", "1", measure={}
+        )  # as project_task makes
+        study = Task("r2", "python -m x", "/p", "http://h:5000", "1", {"A": "1"})
+        return project, study
+
+    project, study = tasks()
+    slurm.apply_measurement([project, study], slurm.SlurmConfig.from_dict({"region": "FRA", "pue": 1.3}))
+    assert project.measure == {"region": "FRA", "pue": 1.3, "interval_s": 1.0} and study.measure is None
+    assert study.env == {"WATTSUP_REGION": "FRA", "WATTSUP_PUE": "1.3", "A": "1"}
+    assert Task.from_json(project.to_json()) == project  # through the manifest
+    project, _ = tasks()
+    slurm.apply_measurement([project], slurm.SlurmConfig.from_dict({"measure": False}))
+    assert project.measure is None  # the wrapper then runs the command as it is
+
+
 # -- a real cluster ------------------------------------------------------------------------------
 
 
