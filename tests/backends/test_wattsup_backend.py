@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.contract import documented, undocumented
 from support.paths import REPO
 from support.plain_project import plain_project, seen
 
@@ -100,6 +101,8 @@ def test_a_plain_project_is_measured_into_its_one_run(plain, tracking_db, client
     assert params["wattsup.region"] == "CA-QC" and params["wattsup.pue"] == "1.2"
     assert tags["mlflow.project.backend"] == "wattsup" and tags["mlflow.project.entryPoint"] == "main"
     assert params["alpha"] == "0.25" and params["epochs"] == "8"  # MLflow's own project params
+    own = {"rmse", "alpha", "epochs", "name", "data", "burn_s", "exit_code"}  # the project's keys
+    assert undocumented((set(m) | set(params) | set(tags)) - own, documented()) == []  # ours: in metrics.md
     (model,) = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert model.source_run_id == run.info.run_id
     # what MLflow gives an entry point, and our marker
