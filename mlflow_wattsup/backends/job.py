@@ -77,6 +77,8 @@ def run_task(task: Task) -> int:
     measurement = _measurement(task) if task.measure is not None and not cancelled else None
     if measurement is not None and not cancelled:
         outcome = measurement.execute()  # forwards SIGTERM/SIGINT/SIGHUP to the command meanwhile
+        if outcome.spawned:
+            print(outcome.summary(), file=sys.stderr, flush=True)  # into the job's log
         _say(f"run {task.run_id} {outcome.status} (exit code {outcome.exit_code}), measured")
         return outcome.exit_code
     code = 0
