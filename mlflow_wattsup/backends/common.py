@@ -25,7 +25,9 @@ TERMINAL = (FINISHED, FAILED, KILLED)
 @dataclass
 class Task:
     """One run to execute: ``command`` (a shell line) in ``workdir`` with ``env`` added to the
-    job's environment; ``gpus`` GPUs wanted (0 for a CPU job)."""
+    job's environment; ``gpus`` GPUs wanted (0 for a CPU job). ``measure``: the job's wrapper
+    measures the command into the run with these :class:`~.measured.MeterSettings` (a project
+    backend's task); None: it runs it as it is (a study's task: our pipelines measure themselves)."""
 
     run_id: str
     command: str
@@ -35,6 +37,7 @@ class Task:
     env: dict[str, str] = field(default_factory=dict)
     gpus: int = 0
     log: str = ""
+    measure: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

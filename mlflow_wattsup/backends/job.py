@@ -4,8 +4,16 @@ MANIFEST`` executes task ``$SLURM_ARRAY_TASK_ID`` (0 for a plain job) of the man
 
 It sets the run RUNNING (with the job id and node), runs the entry point's command in its own
 process group, forwards SIGTERM/SIGINT (``scancel`` sends SIGTERM, SIGKILL ``KillWait`` seconds
-later) and sets FINISHED / FAILED / KILLED with the exit code. Over HTTP this takes two REST calls
-and no MLflow import. It exits with the command's exit code (143 when cancelled).
+later) and sets FINISHED / FAILED / KILLED with the exit code. It exits with the command's exit
+code (143 when cancelled).
+
+A task of the ``slurm`` project backend (``task.measure`` set) has its command measured into its
+run, as ``wattsup run`` would (:mod:`.measured`): any project gets its energy, and a measurer
+inside the command that would measure the same run (our own projects, a nested ``wattsup run``)
+logs a stage of it instead ($WATTSUP_RUN_ID). This imports MLflow in the job (seconds, before the
+command starts). A study's task (``measure`` None: our pipelines measure themselves) runs as it
+is: two REST calls over HTTP, no MLflow import. Should the measurement fail to start (a store
+error other than unreachable), the command still runs, unmeasured, and the run says why.
 """
 
 from __future__ import annotations
@@ -63,6 +71,13 @@ def run_task(task: Task) -> int:
         {keys.SLURM_JOB_ID: job_id(), keys.SLURM_NODE: socket.gethostname()},
     )
     _say(f"run {task.run_id} {'RUNNING' if ok else 'could not be set RUNNING'} (job {job_id()})")
+    measurement = _measurement(task) if task.measure is not None and not cancelled else None
+    if measurement is not None and not cancelled:
+        outcome = measurement.execute()  # forwards SIGTERM/SIGINT/SIGHUP to the command meanwhile
+        if outcome.spawned:
+            print(outcome.summary(), file=sys.stderr, flush=True)  # into the job's log
+        _say(f"run {task.run_id} {outcome.status} (exit code {outcome.exit_code}), measured")
+        return outcome.exit_code
     code = 0
     if not cancelled:
         env = dict(os.environ, **task.run_env())
@@ -84,6 +99,34 @@ def run_task(task: Task) -> int:
     ok = mark_run(task.tracking_uri, task.run_id, status, {keys.EXIT_CODE: str(code)})
     _say(f"run {task.run_id} {status if ok else 'NOT set ' + status} (exit code {code})")
     return code
+
+
+def _measurement(task: Task):
+    """The task's measurement made ready, or None (said, and tagged on the run) when it cannot be:
+    the command must run all the same."""
+    from mlflow_wattsup.backends.measured import MeasuredEntryPoint, MeterSettings, entry_point_env
+
+    try:
+        settings = MeterSettings.from_dict(task.measure, "slurm")
+        env = entry_point_env(os.environ, task.run_id, task.run_env(), settings)
+        m = MeasuredEntryPoint(task.command, task.workdir, env, task.run_id, task.tracking_uri, settings)
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+        _say(f"measurement could not start ({why}); running the entry point unmeasured")
+        mark_run(task.tracking_uri, task.run_id, RUNNING, {keys.warning_tag("measurement"): why}, attempts=1)
+        return None
+    tasks = os.environ.get("SLURM_NTASKS", "1")
+    if tasks.isdigit() and int(tasks) > 1:
+        m.run.sink.set_tags(
+            {
+                keys.warning_tag(
+                    "slurm_tasks"
+                ): f"the job has {tasks} tasks: what the entry point starts with srun runs "
+                "under slurmstepd, outside the measured batch script's tree, and is not in this run's energy "
+                '(backend config "measure": false and `srun wattsup run -- CMD` measure such steps)'
+            }
+        )
+    return m
 
 
 def _say(msg: str) -> None:

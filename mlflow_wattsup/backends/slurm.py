@@ -16,6 +16,13 @@ string instead), ``account``, ``qos``, ``sbatch`` (extra ``#SBATCH`` lines, e.g.
 and job logs; default ``./wattsup-slurm``, must be visible from the nodes), ``max_parallel``
 (array throttle ``%N``), ``poll_s`` (default 2). Dashes or underscores both work in keys.
 
+The job's wrapper measures the entry point's command into its run (any project, see
+:mod:`.measured`), priced and sampled by the measurement keys ``region``, ``carbon_intensity``,
+``pue``, ``interval_s``, ``cpu_tdp_w``, ``cpu_w_per_thread`` (also given to every job, a study's
+included, as ``WATTSUP_*`` variables); ``measure: false`` leaves the measuring to the command
+(e.g. ``srun wattsup run -- CMD`` for a multi-task step, whose tasks run outside the batch script's
+process tree).
+
 Job states come from ``scontrol show job`` (no accounting daemon needed), then ``sacct`` when
 the job has left the controller's memory (``MinJobAge``).
 """
@@ -92,12 +99,19 @@ class SlurmConfig:
     max_parallel: int = 0
     poll_s: float = 2.0
     job_name: str = "wattsup"
+    #: the job's wrapper measures a project backend's entry point (false: the command measures itself)
+    measure: bool = True
+    #: the measurement keys of the same config (:class:`~.measured.MeterSettings`, validated)
+    meter: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, config: dict | None) -> SlurmConfig:
         """From an MLflow ``backend_config`` (MLflow's own keys, upper case, are ignored)."""
-        known = set(cls.__dataclass_fields__)
-        kwargs = {}
+        from mlflow_wattsup.backends.measured import MEASURE_KEYS, MeterSettings
+
+        settings, config = MeterSettings.split(config, "slurm")
+        known = (set(cls.__dataclass_fields__) - {"meter"}) | set(MEASURE_KEYS)
+        kwargs: dict = {"meter": settings.to_dict()}
         for key, value in (config or {}).items():
             k = str(key).replace("-", "_")
             if k.isupper() or k in MLFLOW_KEYS:  # set by MLflow for every backend
@@ -108,6 +122,8 @@ class SlurmConfig:
                 )
             kwargs[k] = value
         cfg = cls(**kwargs)
+        if not isinstance(cfg.measure, bool):
+            raise ValueError(f"slurm backend config: measure must be true or false, got {cfg.measure!r}")
         for name in ("sbatch", "setup"):
             v = getattr(cfg, name)
             if isinstance(v, str):
@@ -171,10 +187,24 @@ def write_script(cfg: SlurmConfig, manifest: Path, n_tasks: int, gpu: bool, logs
     return script
 
 
+def apply_measurement(tasks: list[Task], cfg: SlurmConfig) -> None:
+    """The config's measurement settings into the tasks: as ``WATTSUP_*`` variables for every task
+    (a study's pipelines price their runs with them), and as what the wrapper measures with for a
+    project backend's task (``measure`` not None; None again with ``measure: false``)."""
+    from mlflow_wattsup.backends.measured import MeterSettings
+
+    settings_env = MeterSettings.from_dict(cfg.meter, "slurm").env()
+    for t in tasks:
+        t.env = {**settings_env, **t.env}
+        if t.measure is not None:
+            t.measure = {**cfg.meter, **t.measure} if cfg.measure else None
+
+
 def submit(tasks: list[Task], cfg: SlurmConfig, gpu: bool = False, env: dict | None = None) -> SlurmJob:
     """Submit ``tasks`` as one job (one task) or one job array; returns at once."""
     if not tasks:
         raise ValueError("nothing to submit")
+    apply_measurement(tasks, cfg)
     root = Path(cfg.workdir).absolute()
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -348,7 +378,7 @@ def project_task(project_uri, entry_point, params, version, storage_dir, run_id,
     work_dir = fetch_and_validate_project(project_uri, version, entry_point, params)
     project = load_project(work_dir)
     command = " && ".join(get_entry_point_command(project, entry_point, params, storage_dir))
-    return Task(run_id, command, str(Path(work_dir).absolute()), tracking_uri, str(experiment_id))
+    return Task(run_id, command, str(Path(work_dir).absolute()), tracking_uri, str(experiment_id), measure={})
 
 
 class SlurmSubmittedRun:

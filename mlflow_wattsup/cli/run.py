@@ -164,6 +164,15 @@ def main(args) -> int:
         print(f"wattsup run: error: {exc.message}", file=sys.stderr)
     status_line.clear()
     run = setup.wait()
+    if setup.stage is not None:  # one stage of the run an enclosing wattsup measures: no totals of ours
+        run.finish(status, exit_code)
+        if not quiet and spawned:
+            print(
+                f"wattsup: {status}, exit code {exit_code}: logged as stage/{setup.stage}/ of run {run.run_id}, "
+                "which the enclosing wattsup measures",
+                file=sys.stderr,
+            )
+        return exit_code
     run.finish(status, exit_code, before_close=lambda: run.sink.log_metrics({OVERHEAD_CPU_S: _own_cpu_s()}))
     if not quiet and spawned:
         print(run.summary(carbon, exit_code, status), file=sys.stderr)
@@ -178,6 +187,7 @@ class _RunSetup:
         self.args, self.cmd, self.tags, self.carbon, self.tracker = args, cmd, tags, carbon, tracker
         self.buffer = None
         self.run = None
+        self.stage: str | None = None
         self._thread = None
         self._error: BaseException | None = None
 
@@ -205,9 +215,20 @@ class _RunSetup:
         from mlflow_wattsup.sink.keys import COMMAND
 
         self.run = self._open()
+        if self.run.as_stage_of_outer:
+            # the command we were given runs inside one already measured into this same run
+            # ($WATTSUP_RUN_ID, set by the measuring wattsup): measuring it again would count it
+            # twice, so it is logged as a stage of that measurement
+            self.stage = self.args.run_name or os.path.basename(self.cmd[0])
         self.run.record(
-            self.tracker, self.carbon, {COMMAND: command_tag(self.cmd), **self.tags}, buffer=buffer
+            self.tracker,
+            self.carbon,
+            {COMMAND: command_tag(self.cmd), **self.tags},
+            buffer=buffer,
+            as_stage=self.stage,
         )
+        if self.stage is not None and buffer is not None:
+            buffer.forward_to(lambda sample: None)  # the enclosing measurement logs the power series
 
     def run_now(self) -> None:
         """Create the run, then start the tracker (the run's clock starts with the command)."""

@@ -41,6 +41,7 @@ class CommandPipeline:
         from mlflow_wattsup.run.notices import say
         from mlflow_wattsup.tracking.tracker import make_tracker
 
+        self.name = name
         self.run = TrackedRun(experiment=experiment, run_name=name)
         self.client = self.run.store.client
         self.sink = self.run.sink
@@ -55,7 +56,9 @@ class CommandPipeline:
         from mlflow_wattsup.sink.keys import COMMAND
         from mlflow_wattsup.tracking.runner import SpawnError, execute
 
-        self.run.record(self.tracker, self.carbon, {**self.tags, COMMAND: command_tag(cmd)})
+        # inside a command already measured into this run ($WATTSUP_RUN_ID): one stage of it
+        stage = self.name if self.run.as_stage_of_outer else None
+        self.run.record(self.tracker, self.carbon, {**self.tags, COMMAND: command_tag(cmd)}, as_stage=stage)
         try:
             return execute(cmd, self.tracker, env, **watch)
         except SpawnError as exc:

@@ -75,6 +75,10 @@ class Recording:
                 buffer.forward_to(self.sink.log_sample)
             else:
                 t.add_callback(self.sink.log_sample)
+        elif self.tags:
+            # a stage: the measurement's tags are the enclosing one's, but the block's own facts
+            # (pipeline, device, dataset...) still describe the run
+            self.sink.set_tags({k: v for k, v in self.tags.items() if k != keys.COMMAND})
         if not tracker_started:
             t.start()
         return self

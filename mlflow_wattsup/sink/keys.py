@@ -17,7 +17,9 @@ from mlflow_wattsup.meters.units import Energy, kwh
 
 PREFIX = "wattsup."
 _KEY_PART_BAD = re.compile(r"[^A-Za-z0-9_\-.]")
-#: set in the environment of a command run by ``wattsup run``: the run it is logged to
+#: set in the environment of a measured command (``wattsup run``, the ``wattsup`` and ``slurm``
+#: project backends): the run it is measured into; a measurer inside it that would measure that
+#: same run logs a stage of it instead (docs/backends.md)
 RUN_ENV = "WATTSUP_RUN_ID"
 
 # -- tags ---------------------------------------------------------------------------------------
