@@ -122,7 +122,13 @@ def test_logs_into_the_mlflow_loggers_run(tracking_uri, client, experiment, tmp_
     assert t[keys.CALLBACK] == f"lightning {pl.__version__}" and t[keys.CALLBACK_RUN] == "logger"
     assert t[keys.STATUS] == "FINISHED" and run.data.params[keys.REGION] == "CA-QC"
     # per epoch: energy, duration, carbon, cumulative, power; the prediction labelled
-    for key in ("epoch_energy_kwh", "epoch_duration_s", "epoch_carbon_g", "energy_cumulative_kwh", "epoch_power_w"):
+    for key in (
+        "epoch_energy_kwh",
+        "epoch_duration_s",
+        "epoch_carbon_g",
+        "energy_cumulative_kwh",
+        "epoch_power_w",
+    ):
         assert [s for s, _ in history(client, rid, key)] == [0, 1, 2], key
     assert t[keys.PREDICTION] == "linear" and t[keys.PLANNED_EPOCHS] == "3"
     pred = history(client, rid, "predicted_energy_kwh")
@@ -187,7 +193,9 @@ def test_without_mlflow_logger_a_run_of_its_own_step_plan_and_uncountable_model(
     assert undocumented(logged_keys(run), documented()) == []
 
 
-def test_exception_in_training_partial_totals_status_from_lightning(tracking_uri, client, experiment, tmp_path):
+def test_exception_in_training_partial_totals_status_from_lightning(
+    tracking_uri, client, experiment, tmp_path
+):
     cb = mlflow_wattsup.LightningCallback(interval_s=0.2)
     logger = mlflow_logger(tracking_uri, experiment)
     with pytest.raises(RuntimeError, match="boom"):

@@ -120,7 +120,9 @@ def test_report_to_mlflow_one_run(tracking_uri, client, experiment, tmp_path, mo
     assert undocumented(our_keys(run), documented()) == []
 
 
-def test_without_mlflow_reporting_a_run_of_its_own_step_plan(tracking_uri, client, experiment, tmp_path, caplog):
+def test_without_mlflow_reporting_a_run_of_its_own_step_plan(
+    tracking_uri, client, experiment, tmp_path, caplog
+):
     import logging
 
     caplog.set_level(logging.WARNING, logger="mlflow_wattsup")

@@ -112,7 +112,9 @@ class _Hooks:
         if example is not None and m.wants_cost():
             from lightning.fabric.utilities.apply_func import move_data_to_device
 
-            m.model_cost(pl_module, [move_data_to_device(example, pl_module.device)], "example", pl_module.device)
+            m.model_cost(
+                pl_module, [move_data_to_device(example, pl_module.device)], "example", pl_module.device
+            )
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.wattsup.epoch_start(trainer.global_step)

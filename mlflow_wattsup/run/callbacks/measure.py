@@ -349,7 +349,9 @@ class FitMeasurement:
             per_step_j = sum(self.epochs.epoch_energy_j) / steps
             per_step_s = sum(self.epochs.epoch_duration_s) / steps
             metrics.update(
-                keys.prediction_metrics(so_far_j + per_step_j * left, elapsed + per_step_s * left, self.carbon)
+                keys.prediction_metrics(
+                    so_far_j + per_step_j * left, elapsed + per_step_s * left, self.carbon
+                )
             )
         self.run.sink.log_metrics(metrics, step=epoch)
 
@@ -432,7 +434,9 @@ class FitMeasurement:
         last = getattr(sys, "last_value", None)  # set by Python for the exception that ends the process
         status = "KILLED" if isinstance(last, KeyboardInterrupt) else "FAILED"
         say(
-            [f"{self.framework} callback: the process exits before the end of training: partial totals, {status}"],
+            [
+                f"{self.framework} callback: the process exits before the end of training: partial totals, {status}"
+            ],
             echo=None,
             once=True,
         )
