@@ -185,7 +185,9 @@ def test_without_mlflow_logger_a_run_of_its_own_step_plan_and_uncountable_model(
     pred = history(client, rid, "predicted_energy_kwh")
     cum0 = history(client, rid, "energy_cumulative_kwh")[0][1]
     assert [s for s, _ in pred] == [0, 1]
-    assert pred[0][1] == pytest.approx(cum0 + per[0][1] * 2 / 8, rel=0.02)  # read just after the epoch
+    # 2 steps left at an eighth of epoch 0 each, on top of the energy read just after epoch 0 ended
+    expected = cum0 + per[0][1] * 2 / 8
+    assert expected * (1 - 1e-9) <= pred[0][1] <= expected + per[0][1] / 8
     # a module without forward: its cost is not counted, training went on, the reason is a tag
     assert "params" not in m and "macs" not in m
     assert "NotImplementedError" in t[keys.WARNING_FLOPS]

@@ -4,6 +4,7 @@ config (no download; the hub is offline), a synthetic dataset, CPU, a real sqlit
 second one; without it, into a run of its own; a ``train()`` that raises leaves partial totals
 when the process exits."""
 
+import json
 import os
 import subprocess
 import sys
@@ -117,6 +118,8 @@ def test_report_to_mlflow_one_run(tracking_uri, client, experiment, tmp_path, mo
     assert m["macs"] == 2 * per_layer + 16 * 16 + 16 * 2 == 82208
     assert t[keys.FLOPS_INPUT_SHAPE] == f"1x{SEQ};1x{SEQ}"  # input_ids, attention_mask (labels left out)
     assert m["train_flops_estimate"] == 3 * m["flops"] * SAMPLES * 2  # every sample, twice
+    # our on_train_end ran before MLflowCallback's (which ends the run): totals before the end
+    assert max(x.timestamp for x in client.get_metric_history(rid, "energy_kwh")) <= run.info.end_time
     assert undocumented(our_keys(run), documented()) == []
 
 
@@ -140,7 +143,9 @@ def test_without_mlflow_reporting_a_run_of_its_own_step_plan(
     assert [s for s, _ in per] == [0, 1]
     cum0 = history(client, rid, "energy_cumulative_kwh")[0][1]
     pred = history(client, rid, "predicted_energy_kwh")
-    assert pred[0][1] == pytest.approx(cum0 + per[0][1] * 2 / 4, rel=0.02)  # 2 steps left at 1/4 epoch each
+    # 2 steps left at a quarter of epoch 0 each, on top of the energy read just after epoch 0 ended
+    expected = cum0 + per[0][1] * 2 / 4
+    assert expected * (1 - 1e-9) <= pred[0][1] <= expected + per[0][1] / 4
     import mlflow
 
     assert mlflow.active_run() is None  # our fluent run was ended
@@ -193,3 +198,80 @@ def test_exception_in_train_partial_totals_at_exit(tracking_uri, client, experim
     assert [s for s, _ in history(client, rid, "epoch_energy_kwh")] == [0]  # epoch 1 never ended
     assert m["energy_kwh"] > history(client, rid, "epoch_energy_kwh")[0][1] and m["duration_s"] > 0
     assert "the process exits before the end of training" in p.stderr
+
+
+DDP = """
+import json, os, sys, time
+import torch, transformers
+import mlflow_wattsup
+
+BURN_S = {burn}
+
+class Tokens(torch.utils.data.Dataset):
+    def __len__(self):
+        return 32
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {{"input_ids": torch.randint(0, 100, (16,), generator=g), "labels": torch.tensor(i % 2)}}
+
+class Burn(transformers.TrainerCallback):
+    def on_step_end(self, args, state, control, **kw):
+        s = time.process_time()
+        while time.process_time() - s < BURN_S:
+            pass
+
+out = sys.argv[1]
+cfg = transformers.BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=32, max_position_embeddings=16, num_labels=2)
+args = transformers.TrainingArguments(os.path.join(out, "out"), per_device_train_batch_size=8, num_train_epochs=2,
+                                      report_to=["mlflow"], save_strategy="no", use_cpu=True, disable_tqdm=True,
+                                      ddp_backend="gloo")
+cb = mlflow_wattsup.TransformersCallback(interval_s=0.2)
+trainer = transformers.Trainer(model=transformers.BertForSequenceClassification(cfg), args=args,
+                               train_dataset=Tokens(), callbacks=[cb, Burn()])
+trainer.train()
+rank = args.process_index
+with open(os.path.join(out, f"rank{{rank}}.json"), "w") as f:
+    json.dump(dict(rank=rank, pid=os.getpid(), ppid=os.getppid(), run_id=cb.wattsup.run_id,
+                   measured=cb.wattsup.totals is not None), f)
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_one_run_siblings_measured_once(tracking_uri, client, experiment, tmp_path):
+    """``torchrun --nproc-per-node 2`` (gloo, CPU) with report_to=mlflow: the ranks are siblings
+    under torchrun's agent, so rank 0 measures its parent's children (both ranks); one run,
+    MLflowCallback's, with the totals written before it ends it."""
+    burn_s = 0.1
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP.format(burn=burn_s))
+    env = dict(
+        os.environ,
+        MLFLOW_EXPERIMENT_NAME=experiment,
+        MLFLOW_TRACKING_URI=tracking_uri,
+        WATTSUP_DIST_REPORT_S="30",
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    p = subprocess.run(
+        [*cmd, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["ppid"] == ranks[1]["ppid"]  # siblings under torchrun's agent
+    assert ranks[0]["measured"] and not ranks[1]["measured"] and ranks[1]["run_id"] is None
+    run = only_run(client, experiment)
+    rid = run.info.run_id
+    assert rid == ranks[0]["run_id"] and run.info.status == "FINISHED"
+    m, t = run.data.metrics, run.data.tags
+    assert (
+        t[keys.DIST_LAUNCHER] == "transformers" and t[keys.DIST_MODE] == "host" and t[keys.DIST_AGENTS] == "1"
+    )
+    assert t[keys.CALLBACK_RUN] == "active" and "train_loss" in m
+    # 16 samples per rank per epoch, batch 8: 2 steps x 2 epochs, on each of the two ranks
+    steps_per_rank = 2 * 2
+    assert m["cpu_time_s"] >= 2 * steps_per_rank * burn_s * 0.95  # rank 1's CPU is in it too
+    assert m[f"host/{t[keys.DIST_HOSTS]}/energy_kwh"] == pytest.approx(m["energy_kwh"])
+    assert [s for s, _ in history(client, rid, "epoch_energy_kwh")] == [0, 1]
+    assert max(x.timestamp for x in client.get_metric_history(rid, "energy_kwh")) <= run.info.end_time
+    assert undocumented(our_keys(run), documented()) == []

@@ -11,9 +11,10 @@ Transformers' ``MLflowCallback`` (``report_to="mlflow"``) logs to MLflow's activ
 starting one at ``on_train_begin`` when none is active; it runs before the callbacks a user adds,
 so at our ``on_train_begin`` that run is active and we join it. Each training epoch is one epoch;
 the model's cost is counted on one sample of the training set (collated by the trainer's own
-collator, the random generators left as they were). At ``on_train_end`` Transformers calls its
-``MLflowCallback`` first, which ends a run it started (FINISHED): our totals land in that run
-right after. Transformers has no exception hook: when ``train()`` raises, the partial totals are
+collator, the random generators left as they were). ``MLflowCallback``'s ``on_train_end`` ends
+the run it started (FINISHED), so once both have seen ``on_train_begin`` we move ourselves before
+it in the trainer's callback list: our totals are logged before the run ends (under DDP, rank 0
+would otherwise find its run ended and leave it without totals). Transformers has no exception hook: when ``train()`` raises, the partial totals are
 logged when the process exits (or at the next ``train()`` with the same callback, or at
 :meth:`TransformersCallback.close`). See docs/callbacks.md.
 """
@@ -122,6 +123,7 @@ class TransformersCallback(transformers.TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         m = self.wattsup
+        self._before_mlflow_callback(sys._getframe(1))
         run_id = _active_run_id() if state.is_world_process_zero else None
         dist = _dist(args)
         m.begin(
@@ -141,6 +143,31 @@ class TransformersCallback(transformers.TrainerCallback):
             except Exception:  # the dataset or the collator refuses one sample: said by model_cost
                 inputs = []
             m.model_cost(model, inputs, "sample", device)
+
+    def _before_mlflow_callback(self, frame) -> bool:
+        """Move this callback just before Transformers' ``MLflowCallback`` in the trainer's list,
+        now that both have seen ``on_train_begin`` (it first: its run is active for us): then our
+        ``on_train_end`` logs the totals before its own ends the run. The list is the one of the
+        caller that holds this callback (the trainer's callback handler); if none is found, the
+        order stays and the totals follow the run's end. True when the order is ours."""
+        try:
+            from transformers.integrations import MLflowCallback
+        except Exception:
+            return False
+        for _ in range(6):
+            if frame is None:
+                return False
+            cbs = getattr(frame.f_locals.get("self"), "callbacks", None)
+            if isinstance(cbs, list) and any(cb is self for cb in cbs):
+                mine = next(i for i, cb in enumerate(cbs) if cb is self)
+                first = next((i for i, cb in enumerate(cbs) if isinstance(cb, MLflowCallback)), None)
+                if first is not None and first < mine:
+                    # the handler is iterating this list at `mine`: the elements it already called
+                    # shift right by one, and it goes on with the one after us, as it would have
+                    cbs.insert(first, cbs.pop(mine))
+                return True
+            frame = frame.f_back
+        return False
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.wattsup.epoch_start(state.global_step)
