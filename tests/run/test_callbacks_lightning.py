@@ -293,3 +293,47 @@ def test_ddp_two_processes_one_run_host_measured_once(tracking_uri, client, expe
     assert m["train_flops_estimate"] == 3 * 2 * 8 * 16 * steps_per_rank * 2
     assert client.get_metric_history(run.info.run_id, f"host/{host}/power_w")
     assert undocumented(logged_keys(run), documented()) == []
+
+
+def test_pytorch_lightning_package_takes_its_own_callback(tracking_uri, client, experiment, tmp_path):
+    """``import pytorch_lightning`` code: Lightning accepts only callbacks of its own package, so
+    that package gets a class of its own, which logs into its MLFlowLogger's run the same way."""
+    ptl = pytest.importorskip("pytorch_lightning")
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from mlflow_wattsup.run.callbacks.lightning import PytorchLightningCallback
+
+    class Module(ptl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(16, 1)
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    cb = PytorchLightningCallback(interval_s=0.2)
+    assert isinstance(cb, ptl.Callback)
+    logger = MLFlowLogger(experiment_name=experiment, tracking_uri=tracking_uri)
+    ptl.Trainer(
+        max_epochs=2,
+        logger=logger,
+        callbacks=[cb],
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    ).fit(Module(), loader())
+    run = only_run(client, experiment)
+    assert run.info.run_id == logger.run_id and run.info.status == "FINISHED"
+    assert run.data.tags[keys.CALLBACK_RUN] == "logger" and "energy_kwh" in run.data.metrics
+    assert [s for s, _ in history(client, run.info.run_id, "epoch_energy_kwh")] == [0, 1]
+    assert run.data.metrics["params"] == 17 and run.data.metrics["macs"] == 8 * 16

@@ -152,6 +152,66 @@ def test_without_mlflow_reporting_a_run_of_its_own_step_plan(
     assert undocumented(our_keys(run), documented()) == []
 
 
+class Noisy(Tokens):
+    """Token ids drawn from the global torch generator, as random augmentation does: reading a
+    sample for the model's cost would shift everything training draws after it."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        item["input_ids"] = torch.randint(0, 100, (SEQ,))
+        return item
+
+
+def test_counting_the_cost_leaves_training_unchanged(tracking_uri, experiment, tmp_path):
+    def train(callbacks):
+        transformers.set_seed(0)
+        args = transformers.TrainingArguments(
+            str(tmp_path / "out"),
+            per_device_train_batch_size=BATCH,
+            num_train_epochs=1,
+            report_to=[],
+            save_strategy="no",
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        tr = transformers.Trainer(model=tiny_bert(), args=args, train_dataset=Noisy(), callbacks=callbacks)
+        tr.train()
+        return {k: v.clone() for k, v in tr.model.state_dict().items()}
+
+    cb = mlflow_wattsup.TransformersCallback(experiment=experiment, interval_s=0.5)
+    with_cb, without = train([cb]), train([])
+    assert cb.wattsup.cost is not None  # a sample was read and counted
+    assert all(torch.equal(with_cb[k], without[k]) for k in without)
+
+
+def test_exception_caught_then_close_ends_our_own_run_failed(tracking_uri, client, experiment, tmp_path):
+    """Without MLflow reporting the run is ours: a train() that raises and is caught by the user's
+    code is closed by close(), FAILED, with the totals measured until then."""
+
+    class Crash(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 5:
+                raise RuntimeError("boom at step 5")
+
+    cb = mlflow_wattsup.TransformersCallback(experiment=experiment, interval_s=0.2)
+    tr = trainer(tmp_path, cb, [], num_train_epochs=3)
+    tr.add_callback(Crash())
+    with pytest.raises(RuntimeError, match="boom"):
+        tr.train()
+    cb.close()
+    run = only_run(client, experiment)
+    rid = run.info.run_id
+    assert run.info.status == "FAILED" and run.data.tags[keys.STATUS] == "FAILED"
+    assert run.data.tags[keys.CALLBACK_RUN] == "own"
+    assert [s for s, _ in history(client, rid, "epoch_energy_kwh")] == [0]
+    assert run.data.metrics["energy_kwh"] > history(client, rid, "epoch_energy_kwh")[0][1]
+    import mlflow
+
+    assert mlflow.active_run() is None
+    cb.close()  # a second close: nothing left to end
+    assert only_run(client, experiment).info.status == "FAILED"
+
+
 CRASH = """
 import os, sys
 import torch, transformers

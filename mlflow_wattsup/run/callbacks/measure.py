@@ -362,9 +362,16 @@ class FitMeasurement:
         return self.count_cost and not self._cost_tried and self.leads
 
     @_guarded
-    def model_cost(self, model: Any, candidates: Iterable[Any], unit: str, device: Any = None) -> None:
+    def model_cost(
+        self,
+        model: Any,
+        candidates: Iterable[Any] | Callable[[], Iterable[Any]],
+        unit: str,
+        device: Any = None,
+    ) -> None:
         """Count params and FLOPs with one forward pass on the first of ``candidates`` (example
-        inputs: a tensor, a tuple of positional inputs, a dict of keyword inputs) the model
+        inputs: a tensor, a tuple of positional inputs, a dict of keyword inputs; or a function
+        returning them, called with the random generators kept, e.g. to read a sample) the model
         accepts, and log them; ``unit``: what one such input is (``batch``, ``sample``, or
         ``example``). A model that cannot be counted is said once (``wattsup.warning.flops``)."""
         if not self.wants_cost():
@@ -376,6 +383,14 @@ class FitMeasurement:
         errors = []
         cost = None
         with rng_kept(device):
+            if callable(candidates):
+                try:
+                    candidates = list(candidates())
+                except Exception as exc:
+                    errors.append(
+                        f"no sample: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    )
+                    candidates = []
             for inputs in candidates:
                 try:
                     cost = model_cost(model, example_inputs=inputs, backends=CALLBACK_FLOPS_BACKENDS)

@@ -138,11 +138,7 @@ class TransformersCallback(transformers.TrainerCallback):
         self._steps0 = int(state.global_step or 0)
         if model is not None and train_dataloader is not None and m.wants_cost():
             device = getattr(model, "device", None)
-            try:
-                inputs = _sample_inputs(train_dataloader, device)
-            except Exception:  # the dataset or the collator refuses one sample: said by model_cost
-                inputs = []
-            m.model_cost(model, inputs, "sample", device)
+            m.model_cost(model, lambda: _sample_inputs(train_dataloader, device), "sample", device)
 
     def _before_mlflow_callback(self, frame) -> bool:
         """Move this callback just before Transformers' ``MLflowCallback`` in the trainer's list,
