@@ -30,6 +30,8 @@ __version__ = "0.1.0"
 LAYERS = ("meters", "analysis", "tracking", "sink", "report", "run", "backends", "study", "projects", "cli")
 
 __all__ = ["__version__", "track", "log_model_cost", "log_dice", "model_cost", "dice_files"]
+# the training-loop callbacks (docs/callbacks.md); each imports its framework on first use
+__all__ += ["LightningCallback", "TransformersCallback"]
 
 _LAZY = {
     "track": "run.track",
@@ -37,6 +39,8 @@ _LAZY = {
     "log_dice": "run.log",
     "model_cost": "analysis.flops",
     "dice_files": "analysis.dice",
+    "LightningCallback": "run.callbacks.lightning",
+    "TransformersCallback": "run.callbacks.transformers",
 }
 
 

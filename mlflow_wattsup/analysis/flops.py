@@ -91,6 +91,22 @@ class ModelCost:
         return out.getvalue()
 
 
+def _cpu_attention_formulas() -> dict:
+    """FLOPs of CPU scaled-dot-product attention, which ``FlopCounterMode`` leaves uncounted (it
+    knows only the CUDA kernels): the same two matrix products as its own formula."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    out = {}
+    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if fwd is not None and hasattr(fc, "sdpa_flop_count"):
+        out[fwd] = lambda q, k, v, *args, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v)
+    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if bwd is not None and hasattr(fc, "sdpa_backward_flop_count"):
+        out[bwd] = lambda g, q, k, v, *args, out_shape=None, **kw: fc.sdpa_backward_flop_count(g, q, k, v)
+    return out
+
+
 class FlopCount:
     """Filled in by :func:`counting`: MACs of every torch op run in the block, and of those the
     ones whose weight operand was an exact zero (when the weights were named)."""
@@ -149,7 +165,7 @@ def _zero_counter(weights: Sequence[nn.Module], result: FlopCount):
                     result.zero_weight_flops += flops * zeros / w.numel()
             return out
 
-    return _Counter(display=False)
+    return _Counter(display=False, custom_mapping=_cpu_attention_formulas())
 
 
 @contextlib.contextmanager
@@ -168,7 +184,11 @@ def counting(*weights: nn.Module):
     from torch.utils.flop_counter import FlopCounterMode
 
     result = FlopCount()
-    counter = _zero_counter(weights, result) if weights else FlopCounterMode(display=False)
+    counter = (
+        _zero_counter(weights, result)
+        if weights
+        else FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas())
+    )
     with counter:
         yield result
     result.flops = int(counter.get_total_flops())
@@ -233,7 +253,7 @@ def _ptflops(model: nn.Module, args: tuple, kwargs: dict, backend: str) -> int:
 def _flop_counter(model: nn.Module, args: tuple, kwargs: dict) -> tuple[int, tuple[LayerCost, ...]]:
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False, depth=None)
+    counter = FlopCounterMode(display=False, depth=None, custom_mapping=_cpu_attention_formulas())
     with counter:
         model(*args, **kwargs)
     counts = counter.get_flop_counts()

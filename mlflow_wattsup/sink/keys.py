@@ -549,3 +549,32 @@ def container_metrics(uses: Iterable[Any]) -> dict[str, float]:
 
 
 # -- end of the containers block -------------------------------------------------------------------
+
+
+# -- training-loop callbacks (issue 18: run/callbacks/; Lightning and Transformers) ---------------
+#: tag: which framework's callback measured the run, with its version (``lightning 2.6.6``)
+CALLBACK = "wattsup.callback"
+#: tag: how the callback chose its run (``logger``: the framework's MLflow logger's run; ``active``:
+#: the active fluent run; ``own``: one it started, as ``track()`` would)
+CALLBACK_RUN = "wattsup.callback.run"
+#: tag: optimizer steps the prediction is for, where the plan is in steps (``max_steps``)
+PLANNED_STEPS = "wattsup.planned_steps"
+
+
+def callback_tags(framework: str, version: str, run_source: str) -> dict[str, str]:
+    return {CALLBACK: f"{framework} {version}", CALLBACK_RUN: run_source}
+
+
+def epoch_power_metrics(energy_j: float, duration_s: float) -> dict[str, float]:
+    """``epoch_power_w``: the epoch's mean attributed power."""
+    return {"epoch_power_w": energy_j / duration_s if duration_s > 0 else 0.0}
+
+
+def step_prediction_tags(planned_steps: int) -> dict[str, str]:
+    return {PREDICTION: "linear", PLANNED_STEPS: str(planned_steps)}
+
+
+def train_flops_metrics(cost: Any, passes: int) -> dict[str, float]:
+    """``train_flops_estimate`` alone (3 x forward FLOPs of one counted pass x ``passes``), for a
+    callback that counted the model at the start and knows the passes only at the end."""
+    return {k: v for k, v in model_cost_metrics(cost, passes).items() if k not in model_cost_metrics(cost)}
