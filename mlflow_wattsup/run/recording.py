@@ -10,7 +10,7 @@ from mlflow_wattsup.analysis.carbon import CarbonConfig
 from mlflow_wattsup.meters.units import wh
 from mlflow_wattsup.sink import keys
 from mlflow_wattsup.sink.writer import MlflowSink
-from mlflow_wattsup.tracking.tracker import SampleBuffer, StageResult, Totals, Tracker
+from mlflow_wattsup.tracking.tracker import Sample, SampleBuffer, StageResult, Totals, Tracker
 
 
 def source_tags(t: Tracker | Totals) -> dict[str, str]:
@@ -70,12 +70,21 @@ class Recording:
                 }
             )
             if buffer is not None:
-                buffer.forward_to(self.sink.log_sample)
+                buffer.forward_to(self.log_sample)
             else:
-                t.add_callback(self.sink.log_sample)
+                t.add_callback(self.log_sample)
         if not tracker_started:
             t.start()
         return self
+
+    def log_sample(self, s: Sample) -> None:
+        """One tracker sample as the run's trace: power and energy so far under ``system/``
+        (the run page's System metrics tab), step = elapsed seconds."""
+        self.sink.log_metrics(
+            keys.sample_metrics(s.power_w, s.power_cpu_w, s.power_gpu_w, s.power_ram_w, s.energy.total_j),
+            step=s.step,
+            timestamp_ms=s.timestamp_ms,
+        )
 
     def finish(self, extra_tags: Mapping[str, str] | None = None) -> Totals:
         totals = self.tracker.stop()
