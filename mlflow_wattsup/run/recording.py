@@ -59,7 +59,7 @@ class Recording:
                 params.update(keys.estimate_params(t.cpu_model, t.ram_model))
             self.sink.log_params(params)
             # hardware tags, as the run-context plugin gives fluent runs
-            from mlflow_wattsup.run.plugin import machine_tags
+            from mlflow_wattsup.run.machine import machine_tags
 
             self.sink.set_tags(
                 {

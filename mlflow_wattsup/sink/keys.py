@@ -381,7 +381,8 @@ SYSTEM_PREFIX = "system/wattsup_"
 SYSTEM_POWER_SERIES = tuple(SYSTEM_PREFIX + k for k in POWER_SERIES)
 #: attributed energy from the run's start to the point (Wh: a chart's natural scale)
 SYSTEM_ENERGY_WH = SYSTEM_PREFIX + "energy_wh"
-#: tag: the run was measured by ``mlflow_wattsup.autolog()`` or ``WATTSUP_AUTOLOG``
+#: tag: the run was measured by autolog; the value says how it was turned on (``autolog()`` or
+#: ``WATTSUP_AUTOLOG``)
 AUTOLOG = "wattsup.autolog"
 #: logged-model tag: which run, and which span of it, the model's energy and carbon cover
 MODEL_BASIS = "wattsup.model_basis"
@@ -396,6 +397,12 @@ def sample_metrics(
     return {**power_metrics(power_w, cpu_w, gpu_w, ram_w), SYSTEM_ENERGY_WH: wh(energy_j)}
 
 
-def model_basis_tag(run_id: str, seconds: float) -> dict[str, str]:
-    """``wattsup.model_basis`` of a logged model: the run's cost from its start to the model's creation."""
-    return {MODEL_BASIS: f"run {run_id}: from its start to this model's creation, {seconds:.1f} s"}
+def model_basis_tag(run_id: str, seconds: float, carbon: CarbonConfig) -> dict[str, str]:
+    """``wattsup.model_basis`` of a logged model: the span of the run its cost covers (from the
+    run's start to the model's creation) and the carbon settings applied."""
+    c = carbon.intensity
+    where = f"{c.region}, {c.source}" if c.region else c.source
+    return {
+        MODEL_BASIS: f"run {run_id}: from its start to this model's creation, {seconds:.1f} s; "
+        f"carbon at {c.g_per_kwh:.4g} g CO2eq/kWh ({where}), PUE {carbon.pue:g}"
+    }
