@@ -10,6 +10,7 @@ for var in (
     "MLFLOW_EXPERIMENT_NAME",
     "MLFLOW_EXPERIMENT_ID",
     "WATTSUP_RUN_ID",
+    "WATTSUP_AUTOLOG",  # a developer's own setting would measure every fluent run of the tests
     "WATTSUP_REGION",
     "WATTSUP_CARBON_INTENSITY",
     "WATTSUP_PUE",

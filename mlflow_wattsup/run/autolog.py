@@ -199,6 +199,9 @@ def from_environment() -> None:
     """``WATTSUP_AUTOLOG=1``: called by the run-context plugin when MLflow imports it (cheap: it
     imports nothing); the hooks go in once MLflow's fluent API exists."""
     if not requested_by_env():
+        value = os.environ.get(ENV, "").strip()
+        if value and value.lower() not in _OFF:
+            _say(f"{ENV}={value!r} is not one of {'/'.join(_ON)}: autolog stays off")
         return
     with _state.lock:
         if _state.settings is None:

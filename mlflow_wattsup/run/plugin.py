@@ -36,7 +36,7 @@ class WattsupRunContextProvider(RunContextProvider):
 
 
 def _autolog_from_env() -> None:
-    if os.environ.get("WATTSUP_AUTOLOG", "").strip():
+    if os.environ.get("WATTSUP_AUTOLOG", "").strip().lower() not in ("", "0", "false", "no", "off"):
         try:
             from mlflow_wattsup.run.autolog import from_environment
 
