@@ -36,14 +36,17 @@ def log_model_costs(
 ) -> list[str]:
     """Give every model ``run_id`` logged while ``tracker`` measured it (from ``start_wall_s``,
     epoch seconds, for ``end_s`` seconds) its cost up to its creation; returns the model ids costed.
-    A model that already has ``energy_kwh`` (an earlier session of a resumed run) is left as it is."""
+    A model that already has our cost (costed in an earlier session of a resumed run) is left as it
+    is. (``log_model`` itself links the run's step-0 metrics to the model: a run's totals that
+    already exist when it logs a model -- an earlier session's -- are superseded by ours, which
+    are newer.)"""
     from mlflow.entities import Metric
 
     run = client.get_run(run_id)
     copied = {k: v for k, v in run.data.metrics.items() if k in keys.MODEL_COST_METRICS}
     done = []
     for model in _models_of(client, run.info.experiment_id, run_id):
-        if any(m.key == keys.ENERGY_KWH for m in model.metrics or []):
+        if keys.MODEL_BASIS in (model.tags or {}):
             continue
         at_s = model.creation_timestamp / 1000 - start_wall_s
         if not 0 <= at_s <= end_s + 1:  # not made while we measured
