@@ -274,16 +274,18 @@ SCROLL_DOWN = """(() => {
 
 
 def show_power_chart(browser, key: str = "system/wattsup_power_w", timeout_s: float = 60) -> str:
-    """Scroll the System metrics tab (its charts render once in view) down to the chart of ``key``
-    and return the page's text, which then has its title and its legend, ``<run> (<key>)``."""
+    """Scroll the System metrics tab (its charts render once in view) down to the chart of ``key``;
+    returns the text seen on the way down: each chart drawn with data shows its legend, ``<run>
+    (<key>)``."""
+    seen = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        text = browser.text()
-        if f"({key})" in text:
-            return text
+        seen.append(browser.text())
+        if f"({key})" in seen[-1]:
+            break
         if not browser.evaluate(SCROLL_DOWN):
             time.sleep(1)
-    return browser.text()
+    return "\n".join(seen)
 
 
 def show_model_energy(browser, key: str = "energy_kwh", timeout_s: float = 60) -> str | None:

@@ -167,7 +167,9 @@ def autolog(
 
     Call it before ``from mlflow import start_run`` binds MLflow's function under another name (or
     set ``WATTSUP_AUTOLOG=1``, which needs no call at all). A bad region or PUE raises
-    :class:`~mlflow_wattsup.analysis.carbon.CarbonConfigError` here, before any run.
+    :class:`~mlflow_wattsup.analysis.carbon.CarbonConfigError` here, a bad TDP or watts per thread
+    :class:`~mlflow_wattsup.meters.estimator.EstimatorConfigError`, before any run. See
+    ``docs/autolog.md``.
     """
     if disable:
         with _state.lock:
@@ -188,6 +190,10 @@ def autolog(
         cpu_w_per_thread=cpu_w_per_thread,
     )
     settings.resolve_carbon()
+    if cpu_tdp_w is not None or cpu_w_per_thread is not None:  # a bad value raises now, not at a run
+        from mlflow_wattsup.meters.estimator import cpu_power_model
+
+        cpu_power_model(cpu_w_per_thread=cpu_w_per_thread, cpu_tdp_w=cpu_tdp_w)
     from mlflow.tracking import fluent  # imports MLflow whole: its exit handler is registered first
 
     with _state.lock:
@@ -233,16 +239,18 @@ def install(fluent) -> None:
     with _state.lock:
         if getattr(fluent.start_run, _MARK, False):
             return
-        start, end = fluent.start_run, fluent.end_run
-        wrapped = {start: _wrap_start(start), end: _wrap_end(end, fluent)}
-        fluent.start_run, fluent.end_run = wrapped[start], wrapped[end]
-        for name, module in list(sys.modules.items()):  # `mlflow.start_run` and friends, if bound
+        originals = {"start_run": fluent.start_run, "end_run": fluent.end_run}
+        wrappers = {"start_run": _wrap_start(fluent.start_run), "end_run": _wrap_end(fluent.end_run, fluent)}
+        for name, module in list(sys.modules.items()):  # fluent, `mlflow.start_run`, any other binding
             if module is None or not (name == "mlflow" or name.startswith("mlflow.")):
                 continue
-            for attr in ("start_run", "end_run"):
-                old = getattr(module, attr, None)
-                if old in wrapped:
-                    setattr(module, attr, wrapped[old])
+            try:
+                names = vars(module)  # never getattr: it would load MLflow's lazily imported flavors
+            except TypeError:
+                continue
+            for attr, original in originals.items():
+                if names.get(attr) is original:
+                    setattr(module, attr, wrappers[attr])
         atexit.register(_at_exit)
 
 

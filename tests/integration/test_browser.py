@@ -145,12 +145,14 @@ def autologged(site):
 
 
 def test_system_metrics_tab_charts_our_power_beside_mlflows(autologged, browser):
-    browser.goto(autologged["pages"]["system-metrics"])
-    text = browser.wait_for("cpu_utilization_percentage", "system_memory_usage_megabytes", timeout_s=120)
-    assert training_view(text)
+    """Charts render as they scroll into view, each with its legend (``<run> (<key>)``) once its
+    data is drawn: MLflow's at the top of the tab, ours further down (alphabetical)."""
     name = autologged["run"].info.run_name
-    text = ui.show_power_chart(browser)  # its legend is drawn only with the chart's data
-    for key in ("system/wattsup_power_w", "system/wattsup_energy_wh", "system/cpu_utilization_percentage"):
+    browser.goto(autologged["pages"]["system-metrics"])
+    text = browser.wait_for(f"{name} (system/cpu_utilization_percentage)", timeout_s=120)
+    assert training_view(text)
+    text = ui.show_power_chart(browser)
+    for key in ("system/wattsup_power_w", "system/wattsup_energy_wh", "system/system_memory_usage_megabytes"):
         assert f"{name} ({key})" in text, key
 
 

@@ -65,13 +65,21 @@ def test_env_measures_nested_failed_and_implicit_runs(tmp_path, tracking_uri, cl
             raise ValueError("the user's bug")
     except ValueError:
         pass
+    def in_a_thread():
+        with mlflow.start_run(run_name="thread"):
+            burn(0.2)
+    import threading
+    t = threading.Thread(target=in_a_thread)
+    t.start()
+    t.join()
     mlflow.log_metric("loss", 0.5)  # no active run: MLflow starts one, and nobody ends it
     burn(0.3)
     """
     r = run_script(tmp_path, experiment, body, env={"WATTSUP_AUTOLOG": "1", "WATTSUP_REGION": "FRA"})
     assert "Traceback" not in r.stderr
     runs = runs_by_name(client, experiment)
-    assert len(runs) == 5
+    assert len(runs) == 6
+    assert_measured(client, runs["thread"], "FINISHED", 0.2)
     parent, one, two = runs["parent"], runs["child-1"], runs["child-2"]
     for run, cpu_s in ((parent, 1.3), (one, 0.6), (two, 0.7)):
         assert_measured(client, run, "FINISHED", cpu_s)
@@ -83,7 +91,9 @@ def test_env_measures_nested_failed_and_implicit_runs(tmp_path, tracking_uri, cl
     assert pm["duration_s"] >= m1["duration_s"] + m2["duration_s"]
     assert parent.data.params["wattsup.region"] == "FRA"
     assert_measured(client, runs["fails"], "FAILED", 0.3)
-    [implicit] = [r for name, r in runs.items() if name not in ("parent", "child-1", "child-2", "fails")]
+    [implicit] = [
+        r for name, r in runs.items() if name not in ("parent", "child-1", "child-2", "fails", "thread")
+    ]
     assert_measured(client, implicit, "FINISHED", 0.3)  # ended by the exit handler
     assert implicit.data.metrics["loss"] == 0.5
     trace = client.get_metric_history(parent.info.run_id, "system/wattsup_power_w")
@@ -105,10 +115,15 @@ def test_runs_never_ended_get_totals_and_status_at_exit(
     tmp_path, tracking_uri, client, experiment, ending, status, rc
 ):
     """No end_run, no ``with``: the exit handler ends the runs left open, innermost first, with
-    how the process ended (MLflow's own handler would end only the innermost, FINISHED)."""
+    how the process ended (MLflow's own handler would end only the innermost, FINISHED), and the
+    run a thread left open."""
     body = f"""
     import mlflow_wattsup
     mlflow_wattsup.autolog(region="FRA", pue=1.2)
+    import threading
+    t = threading.Thread(target=lambda: (mlflow.start_run(run_name="thread"), burn(0.1)))
+    t.start()
+    t.join()  # the thread is gone, its run still open
     mlflow.start_run(run_name="outer")
     burn(0.2)
     mlflow.start_run(run_name="inner", nested=True)
@@ -119,6 +134,7 @@ def test_runs_never_ended_get_totals_and_status_at_exit(
     runs = runs_by_name(client, experiment)
     assert_measured(client, runs["inner"], status, 0.3, by="autolog()")
     assert_measured(client, runs["outer"], status, 0.5, by="autolog()")
+    assert_measured(client, runs["thread"], status, 0.1, by="autolog()")
     p = runs["outer"].data.params
     assert p["wattsup.region"] == "FRA" and p["wattsup.pue"] == "1.2"
     assert "wattsup: autolog:" not in r.stderr  # nothing of ours failed
@@ -287,3 +303,19 @@ def test_our_failures_never_break_the_users_run(tmp_path, tracking_uri, client, 
         assert runs[name].info.status == "FINISHED" and runs[name].data.metrics == {"loss": 1.0}
     assert_measured(client, runs["c"], "FINISHED", 0.2)
     assert runs["c"].data.tags["wattsup.source.carbon_intensity"].startswith("world-average")
+
+
+def test_bad_settings_are_refused_before_any_run():
+    import mlflow_wattsup
+    from mlflow_wattsup.analysis.carbon import CarbonConfigError
+    from mlflow_wattsup.meters.estimator import EstimatorConfigError
+
+    with pytest.raises(CarbonConfigError, match="unknown region 'Atlantis'"):
+        mlflow_wattsup.autolog(region="Atlantis")
+    with pytest.raises(EstimatorConfigError, match="CPU TDP must be positive"):
+        mlflow_wattsup.autolog(cpu_tdp_w=-3)
+    with pytest.raises(ValueError, match="interval_s must be > 0"):
+        mlflow_wattsup.autolog(interval_s=0)
+    import mlflow
+
+    assert not hasattr(mlflow.start_run, "_wattsup_autolog")  # nothing was installed
