@@ -72,14 +72,18 @@ def test_env_measures_nested_failed_and_implicit_runs(tmp_path, tracking_uri, cl
     t = threading.Thread(target=in_a_thread)
     t.start()
     t.join()
+    from mlflow import start_run as bound  # a name bound by the user: the hooks were in first
+    with bound(run_name="bound"):
+        burn(0.1)
     mlflow.log_metric("loss", 0.5)  # no active run: MLflow starts one, and nobody ends it
     burn(0.3)
     """
     r = run_script(tmp_path, experiment, body, env={"WATTSUP_AUTOLOG": "1", "WATTSUP_REGION": "FRA"})
     assert "Traceback" not in r.stderr
     runs = runs_by_name(client, experiment)
-    assert len(runs) == 6
+    assert len(runs) == 7
     assert_measured(client, runs["thread"], "FINISHED", 0.2)
+    assert_measured(client, runs["bound"], "FINISHED", 0.1)
     parent, one, two = runs["parent"], runs["child-1"], runs["child-2"]
     for run, cpu_s in ((parent, 1.3), (one, 0.6), (two, 0.7)):
         assert_measured(client, run, "FINISHED", cpu_s)
@@ -92,7 +96,9 @@ def test_env_measures_nested_failed_and_implicit_runs(tmp_path, tracking_uri, cl
     assert parent.data.params["wattsup.region"] == "FRA"
     assert_measured(client, runs["fails"], "FAILED", 0.3)
     [implicit] = [
-        r for name, r in runs.items() if name not in ("parent", "child-1", "child-2", "fails", "thread")
+        r
+        for name, r in runs.items()
+        if name not in ("parent", "child-1", "child-2", "fails", "thread", "bound")
     ]
     assert_measured(client, implicit, "FINISHED", 0.3)  # ended by the exit handler
     assert implicit.data.metrics["loss"] == 0.5
