@@ -1,6 +1,6 @@
 """What ``mlflow_wattsup.autolog()`` costs a user, against MLflow alone, measured in this run.
 
-    python benchmarks/autolog.py [--pairs 15] [--job-s 30]
+    python benchmarks/autolog.py [--pairs 30] [--job-s 30]
 
 1. ``mlflow.start_run()`` + ``mlflow.end_run()`` (a sqlite store in a temporary folder): the
    median milliseconds of a pair with autolog on, and of a bare pair, alternated (A B A B ...) in
@@ -97,7 +97,7 @@ def job_run(mlflow, client, autolog, job_s: float, system_metrics: bool) -> dict
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pairs", type=int, default=15, help="start_run + end_run pairs per mode")
+    p.add_argument("--pairs", type=int, default=30, help="start_run + end_run pairs per mode")
     p.add_argument("--job-s", type=float, default=30.0, help="length of the busy job")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="wattsup-bench-autolog-") as tmp:

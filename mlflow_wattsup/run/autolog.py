@@ -80,6 +80,7 @@ class Settings:
     cpu_tdp_w: float | None = None
     cpu_w_per_thread: float | None = None
     carbon: Any = None  # CarbonConfig, resolved from the options and the environment
+    cpu_model: Any = None  # the CPU estimator's model, looked up once (a table search: ~20 ms)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -191,9 +192,7 @@ def autolog(
     )
     settings.resolve_carbon()
     if cpu_tdp_w is not None or cpu_w_per_thread is not None:  # a bad value raises now, not at a run
-        from mlflow_wattsup.meters.estimator import cpu_power_model
-
-        cpu_power_model(cpu_w_per_thread=cpu_w_per_thread, cpu_tdp_w=cpu_tdp_w)
+        settings.cpu_model = _cpu_model(cpu_w_per_thread, cpu_tdp_w)
     from mlflow.tracking import fluent  # imports MLflow whole: its exit handler is registered first
 
     with _state.lock:
@@ -266,7 +265,7 @@ def _wrap_start(start_run):
                 pending.discard()
             raise
         if pending is not None:
-            pending.attach(active.info.run_id)
+            pending.attach(active.info.run_id, active.info.experiment_id)
         return active
 
     setattr(wrapper, _MARK, True)
@@ -373,6 +372,20 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 # -- one measured run -------------------------------------------------------------------------------
 
 
+def _cpu_model(w_per_thread: float | None, tdp_w: float | None):
+    """The CPU estimator's model for these settings and the ``WATTSUP_CPU_*`` environment, looked
+    up in CodeCarbon's TDP table once per process (~20 ms each time otherwise)."""
+    from mlflow_wattsup.meters.estimator import CPU_TDP_ENV, CPU_W_PER_THREAD_ENV, cpu_power_model
+
+    key = (w_per_thread, tdp_w, os.environ.get(CPU_W_PER_THREAD_ENV), os.environ.get(CPU_TDP_ENV))
+    if key not in _cpu_models:
+        _cpu_models[key] = cpu_power_model(cpu_w_per_thread=w_per_thread, cpu_tdp_w=tdp_w)
+    return _cpu_models[key]
+
+
+_cpu_models: dict[tuple, Any] = {}
+
+
 class _Pending:
     """A tracker started just before MLflow creates (or resumes) the run; its samples are held
     until the run exists."""
@@ -386,16 +399,14 @@ class _Pending:
     @classmethod
     def begin(cls, settings: Settings) -> _Pending | None:
         try:
-            from mlflow_wattsup.tracking.tracker import SampleBuffer, make_tracker
+            from mlflow_wattsup.tracking.tracker import SampleBuffer, Tracker
 
             with _state.lock:
                 if settings.carbon is None:
                     settings.resolve_carbon()
-            tracker = make_tracker(
-                interval_s=settings.interval_s,
-                cpu_tdp_w=settings.cpu_tdp_w,
-                cpu_w_per_thread=settings.cpu_w_per_thread,
-            )
+                if settings.cpu_model is None:
+                    settings.cpu_model = _cpu_model(settings.cpu_w_per_thread, settings.cpu_tdp_w)
+            tracker = Tracker(interval_s=settings.interval_s, cpu_model=settings.cpu_model)
             # no trace: the buffer is never fed, so the recording streams nothing
             buffer = SampleBuffer()
             if settings.log_power_trace:
@@ -412,7 +423,7 @@ class _Pending:
         except Exception:
             pass
 
-    def attach(self, run_id: str) -> None:
+    def attach(self, run_id: str, experiment_id: str) -> None:
         """Record the tracker into the run MLflow just started, unless someone measures it already."""
         with _state.lock:
             theirs = os.environ.get(keys.RUN_ENV) == run_id or run_id in _state.open
@@ -434,15 +445,16 @@ class _Pending:
             _failed("starting the measurement", exc)
             return
         with _state.lock:
-            _state.open[run_id] = _Measured(run, self, os.environ.get(keys.RUN_ENV))
+            _state.open[run_id] = _Measured(run, experiment_id, self, os.environ.get(keys.RUN_ENV))
             os.environ[keys.RUN_ENV] = run_id
 
 
 class _Measured:
     """A run being measured: its :class:`TrackedRun` and what ending it needs."""
 
-    def __init__(self, run, pending: _Pending, outer_env: str | None):
+    def __init__(self, run, experiment_id: str, pending: _Pending, outer_env: str | None):
         self.run = run
+        self.experiment_id = experiment_id
         self.pending = pending
         self.outer_env = outer_env  # $WATTSUP_RUN_ID before this run: restored at its end
         self.pid = os.getpid()
@@ -463,6 +475,7 @@ class _Measured:
                 log_model_costs(
                     run.client,
                     run.run_id,
+                    self.experiment_id,
                     p.tracker,
                     p.start_wall_s,
                     totals.duration_s,

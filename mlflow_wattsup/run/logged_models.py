@@ -28,6 +28,7 @@ from mlflow_wattsup.tracking.tracker import Tracker
 def log_model_costs(
     client,
     run_id: str,
+    experiment_id: str,
     tracker: Tracker,
     start_wall_s: float,
     end_s: float,
@@ -42,10 +43,13 @@ def log_model_costs(
     are newer.)"""
     from mlflow.entities import Metric
 
-    run = client.get_run(run_id)
-    copied = {k: v for k, v in run.data.metrics.items() if k in keys.MODEL_COST_METRICS}
+    models = list(_models_of(client, experiment_id, run_id))
+    if not models:
+        return []
+    metrics = client.get_run(run_id).data.metrics
+    copied = {k: v for k, v in metrics.items() if k in keys.MODEL_COST_METRICS}
     done = []
-    for model in _models_of(client, run.info.experiment_id, run_id):
+    for model in models:
         if keys.MODEL_BASIS in (model.tags or {}):
             continue
         at_s = model.creation_timestamp / 1000 - start_wall_s

@@ -286,14 +286,14 @@ def test_our_failures_never_break_the_users_run(tmp_path, tracking_uri, client, 
     user's runs go on (measured where they still can be)."""
     body = """
     import mlflow_wattsup.tracking.tracker as tracker
-    real = tracker.make_tracker
-    def broken(**kw):
+    real = tracker.Tracker
+    def broken(*args, **kw):
         raise OSError("no meters today")
-    tracker.make_tracker = broken
+    tracker.Tracker = broken
     for name in ("a", "b"):
         with mlflow.start_run(run_name=name):
             mlflow.log_metric("loss", 1.0)
-    tracker.make_tracker = real
+    tracker.Tracker = real
     with mlflow.start_run(run_name="c"):
         burn(0.2)
     """
