@@ -11,10 +11,11 @@
    first reading), the recorder's params and tags, and at the end the totals, the description,
    and the search for the run's logged models.
 2. A 30 s job (a pure-Python loop, the worst case: it holds the GIL the samplers need) in an
-   autologged run, with MLflow's ``log_system_metrics`` off and on: the CPU seconds of our sampler
-   and writer threads (``tracker_cpu_s``) and of MLflow's ``SystemMetricsMonitor`` thread, read per
-   thread from ``/proc`` (so immune to other users' load), as a share of the job's wall time (one
-   core = 100%) and of the job's own CPU time; and how many power-trace points arrived.
+   autologged run, with MLflow's ``log_system_metrics`` off and on, alternated (``--repeats``
+   times each): the CPU seconds of our sampler and writer threads (``tracker_cpu_s``, each
+   thread's own CPU clock) and of MLflow's ``SystemMetricsMonitor`` thread (its ``/proc`` task
+   counters), so immune to other users' load, as a share of the job's wall time (one core = 100%)
+   and of the job's own CPU time; and how many power-trace points arrived.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=30, help="start_run + end_run pairs per mode")
     p.add_argument("--job-s", type=float, default=30.0, help="length of the busy job")
+    p.add_argument("--repeats", type=int, default=2, help="jobs per setting (off, on, off, on, ...)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="wattsup-bench-autolog-") as tmp:
         os.environ["WATTSUP_SPOOL_DIR"] = os.path.join(tmp, "spool")
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
         )
 
         print(f"\n{args.job_s:g} s pure-Python job in an autologged run (1 s sampling):")
-        for system_metrics in (False, True):
+        for system_metrics in [False, True] * args.repeats:
             r = job_run(mlflow, client, autolog, args.job_s, system_metrics)
             ours = r["ours_cpu_s"]
             line = (
