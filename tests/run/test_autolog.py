@@ -325,3 +325,23 @@ def test_bad_settings_are_refused_before_any_run():
     import mlflow
 
     assert not hasattr(mlflow.start_run, "_wattsup_autolog")  # nothing was installed
+
+
+def test_settings_from_the_environment(tmp_path, tracking_uri, client, experiment):
+    body = """
+    with mlflow.start_run(run_name=os.environ["RUN_NAME"]):
+        burn(0.2)
+    """
+    env = {"WATTSUP_AUTOLOG": "yes", "WATTSUP_INTERVAL_S": "0.5", "WATTSUP_POWER_TRACE": "off"}
+    run_script(tmp_path, experiment, body, env={**env, "WATTSUP_PUE": "1.3", "RUN_NAME": "env"})
+    r = run_script(tmp_path, experiment, body, env={"WATTSUP_AUTOLOG": "maybe", "RUN_NAME": "typo"})
+    assert (
+        "wattsup: autolog: WATTSUP_AUTOLOG='maybe' is not one of 1/true/yes/on: autolog stays off" in r.stderr
+    )
+    runs = runs_by_name(client, experiment)
+    run = runs["env"]
+    assert_measured(client, run, "FINISHED", 0.2)
+    assert run.data.params["wattsup.interval_s"] == "0.5" and run.data.params["wattsup.pue"] == "1.3"
+    assert run.data.tags["wattsup.source.pue"] == "env"
+    assert not [k for k in run.data.metrics if k.startswith("system/")]
+    assert "energy_kwh" not in runs["typo"].data.metrics
