@@ -19,7 +19,8 @@ listed before it (``tests/test_layers.py`` reads this order and enforces it):
 9. :mod:`~mlflow_wattsup.projects` - the entry points of the MLflow Projects in ``projects/``
 10. :mod:`~mlflow_wattsup.cli` - the ``wattsup`` command line
 
-``import mlflow_wattsup`` is cheap; MLflow is imported when :func:`track` is first used.
+``import mlflow_wattsup`` is cheap; MLflow is imported when :func:`track` or :func:`autolog` is
+first used.
 """
 
 import importlib
@@ -29,12 +30,13 @@ __version__ = "0.1.0"
 #: the layers, lowest first: a module imports only from its own folder and those before it
 LAYERS = ("meters", "analysis", "tracking", "sink", "report", "run", "backends", "study", "projects", "cli")
 
-__all__ = ["__version__", "track", "log_model_cost", "log_dice", "model_cost", "dice_files"]
+__all__ = ["__version__", "track", "autolog", "log_model_cost", "log_dice", "model_cost", "dice_files"]
 # the training-loop callbacks (docs/callbacks.md); each imports its framework on first use
 __all__ += ["LightningCallback", "TransformersCallback"]
 
 _LAZY = {
     "track": "run.track",
+    "autolog": "run.autolog",
     "log_model_cost": "run.log",
     "log_dice": "run.log",
     "model_cost": "analysis.flops",

@@ -10,6 +10,7 @@ for var in (
     "MLFLOW_EXPERIMENT_NAME",
     "MLFLOW_EXPERIMENT_ID",
     "WATTSUP_RUN_ID",
+    "WATTSUP_AUTOLOG",  # a developer's own setting would measure every fluent run of the tests
     "WATTSUP_REGION",
     "WATTSUP_CARBON_INTENSITY",
     "WATTSUP_PUE",
@@ -35,6 +36,12 @@ def tracking_uri(tracking_db, monkeypatch, tmp_path):
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_db)
     monkeypatch.setenv("WATTSUP_SPOOL_DIR", str(tmp_path / "spool"))
+    # mlflow.set_experiment (called by MLflow's fluent API, Lightning's logger, ...) sets
+    # MLFLOW_EXPERIMENT_ID in os.environ; it would leak into the next test's `mlflow run`: made
+    # absent now and again after the test (setenv records "absent" for the restore)
+    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "WATTSUP_RUN_ID"):
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     mlflow.set_tracking_uri(tracking_db)
     yield tracking_db
     while mlflow.active_run():

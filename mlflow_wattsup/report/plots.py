@@ -136,17 +136,17 @@ def cost_vs_dice(
 
 
 def power_trace(client, run_id: str, out: str | Path) -> Path:
-    """The run's ``power_w``, ``power_cpu_w``, ``power_gpu_w`` series against elapsed time, with
-    its stages (``stage/<name>/start_s`` .. ``end_s``) shaded and named."""
+    """The run's power series (``system/wattsup_power_w``, its CPU and GPU parts) against elapsed
+    time, with its stages (``stage/<name>/start_s`` .. ``end_s``) shaded and named."""
     plt = _plt()
     run = client.get_run(run_id)
+    total, cpu, gpu = keys.SYSTEM_POWER_SERIES[:3]
     series = {
-        k: sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)
-        for k in ("power_w", "power_cpu_w", "power_gpu_w")
+        k: sorted(client.get_metric_history(run_id, k), key=lambda m: m.step) for k in (total, cpu, gpu)
     }
-    if not series["power_w"]:
-        raise ValueError(f"run {run_id} has no power_w series")
-    seconds = [m.step for m in series["power_w"]]
+    if not series[total]:
+        raise ValueError(f"run {run_id} has no {total} series")
+    seconds = [m.step for m in series[total]]
     scale, unit = _runtime_unit(seconds)
     fig, ax = plt.subplots(figsize=(9, 4.5))
     m = run.data.metrics
@@ -168,13 +168,9 @@ def power_trace(client, run_id: str, out: str | Path) -> Path:
             fontsize=7,
             transform=ax.get_xaxis_transform(),
         )
-    for key, style, lab in (
-        ("power_w", "-", "total"),
-        ("power_cpu_w", "--", "CPU"),
-        ("power_gpu_w", ":", "GPU"),
-    ):
+    for key, style, lab in ((total, "-", "total"), (cpu, "--", "CPU"), (gpu, ":", "GPU")):
         pts = series[key]
-        if pts and (key == "power_w" or any(p.value > 0 for p in pts)):
+        if pts and (key == total or any(p.value > 0 for p in pts)):
             ax.plot([p.step * scale for p in pts], [p.value for p in pts], style, label=lab)
     source = run.data.tags.get(keys.SOURCE_PREFIX + "cpu", "?")
     ax.set_xlabel(f"time since start ({unit})")

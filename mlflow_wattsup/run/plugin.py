@@ -8,57 +8,20 @@ a run costs a dict copy, no subprocess, no file read. ``WATTSUP_DISABLE_PLUGIN=1
 
 MLflow applies context providers only to runs made by ``mlflow.start_run()``, not to those
 ``mlflow run`` creates; the tracker sets the same tags itself on every run it attaches to.
+
+MLflow imports this module (the entry point) while ``import mlflow`` runs, in every process that
+imports MLflow: with ``WATTSUP_AUTOLOG=1`` set, that is where autolog is turned on
+(:func:`mlflow_wattsup.run.autolog.from_environment`); unset, nothing more is imported.
 """
 
 from __future__ import annotations
 
-import functools
 import os
+import sys
 
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
-from mlflow_wattsup.sink import keys
-
-
-@functools.lru_cache(maxsize=1)
-def machine_tags() -> dict[str, str]:
-    """Hardware, meters and configuration of this machine and environment (cached)."""
-    from mlflow_wattsup import __version__
-    from mlflow_wattsup.analysis.carbon import CarbonConfigError, resolve_intensity, resolve_pue
-    from mlflow_wattsup.meters.hardware import cpu_info, total_memory_bytes
-    from mlflow_wattsup.meters.nvml import open_nvml
-    from mlflow_wattsup.meters.rapl import RaplUnavailable, open_rapl
-
-    info = cpu_info()
-    tags = {
-        keys.VERSION: __version__,
-        keys.CPU_MODEL: info.model,
-        keys.CPU_LOGICAL: str(info.logical_cpus),
-        keys.RAM_TOTAL_GB: f"{total_memory_bytes() / 2**30:.1f}",
-    }
-    meters = []
-    try:
-        open_rapl().close()
-        meters.append("rapl")
-    except (RaplUnavailable, OSError):
-        pass
-    gpu = open_nvml()
-    if gpu is not None:
-        meters.append(gpu.source)
-        tags[keys.GPUS] = ", ".join(gpu.names)
-        tags[keys.GPU_DRIVER] = gpu.driver_version
-        gpu.close()
-    else:
-        tags[keys.GPUS] = "none"
-    tags[keys.METERS] = ",".join(meters) if meters else "none (energy will be estimated)"
-    try:
-        c = resolve_intensity()
-        tags[keys.CONFIG_CARBON_INTENSITY] = f"{c.g_per_kwh:.6g}"
-        tags[keys.CONFIG_REGION] = c.region or "none"
-        tags[keys.CONFIG_PUE] = f"{resolve_pue()[0]:g}"
-    except CarbonConfigError as exc:
-        tags[keys.CONFIG_ERROR] = str(exc)
-    return tags
+from mlflow_wattsup.run.machine import machine_tags
 
 
 class WattsupRunContextProvider(RunContextProvider):
@@ -70,3 +33,16 @@ class WattsupRunContextProvider(RunContextProvider):
             return dict(machine_tags())
         except Exception:  # never break someone's start_run
             return {}
+
+
+def _autolog_from_env() -> None:
+    if os.environ.get("WATTSUP_AUTOLOG", "").strip().lower() not in ("", "0", "false", "no", "off"):
+        try:
+            from mlflow_wattsup.run.autolog import from_environment
+
+            from_environment()
+        except Exception as exc:  # never break `import mlflow`
+            print(f"wattsup: autolog: WATTSUP_AUTOLOG ignored ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+
+_autolog_from_env()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from mlflow_wattsup.analysis.carbon import CarbonConfig
 from mlflow_wattsup.sink import keys
 from mlflow_wattsup.sink.writer import MlflowSink
-from mlflow_wattsup.tracking.tracker import SampleBuffer, StageResult, Totals, Tracker
+from mlflow_wattsup.tracking.tracker import Sample, SampleBuffer, StageResult, Totals, Tracker
 
 
 def source_tags(t: Tracker | Totals) -> dict[str, str]:
@@ -61,7 +61,7 @@ class Recording:
                 params.update(keys.estimate_params(t.cpu_model, t.ram_model))
             self.sink.log_params(params)
             # hardware tags, as the run-context plugin gives fluent runs
-            from mlflow_wattsup.run.plugin import machine_tags
+            from mlflow_wattsup.run.machine import machine_tags
 
             self.sink.set_tags(
                 {
@@ -71,10 +71,12 @@ class Recording:
                     **self.tags,
                 }
             )
+            # a distributed run's view of the sink writes each agent's trace under its own prefix
+            log_sample = getattr(self.sink, "log_sample", self.log_sample)
             if buffer is not None:
-                buffer.forward_to(self.sink.log_sample)
+                buffer.forward_to(log_sample)
             else:
-                t.add_callback(self.sink.log_sample)
+                t.add_callback(log_sample)
         elif self.tags:
             # a stage: the measurement's tags are the enclosing one's, but the block's own facts
             # (pipeline, device, dataset...) still describe the run
@@ -82,6 +84,15 @@ class Recording:
         if not tracker_started:
             t.start()
         return self
+
+    def log_sample(self, s: Sample) -> None:
+        """One tracker sample as the run's trace: power and energy so far under ``system/``
+        (the run page's System metrics tab), step = elapsed seconds."""
+        self.sink.log_metrics(
+            keys.sample_metrics(s.power_w, s.power_cpu_w, s.power_gpu_w, s.power_ram_w, s.energy.total_j),
+            step=s.step,
+            timestamp_ms=s.timestamp_ms,
+        )
 
     def finish(self, extra_tags: Mapping[str, str] | None = None) -> Totals:
         totals = self.tracker.stop()

@@ -65,6 +65,11 @@ class EpochEnergy:
         energy, _ = self.tracker.energy_at(elapsed)
         return elapsed, energy.total_j
 
+    @property
+    def last_end(self) -> tuple[float, float]:
+        """(elapsed s, energy so far J) as read when the last epoch ended."""
+        return self._last_end
+
     def start_epoch(self) -> None:
         self._start = self._reading()
         self._step_mark = self._start[1]

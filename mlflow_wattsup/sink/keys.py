@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mlflow_wattsup.analysis.carbon import CarbonConfig
-from mlflow_wattsup.meters.units import Energy, kwh
+from mlflow_wattsup.meters.units import Energy, kwh, wh
 
 PREFIX = "wattsup."
 _KEY_PART_BAD = re.compile(r"[^A-Za-z0-9_\-.]")
@@ -148,6 +148,8 @@ TRACKER_CPU_S = "tracker_cpu_s"
 OVERHEAD_CPU_S = "overhead_cpu_s"
 #: PAPI double-precision operations of an EIT tracking process's own thread (never the pipeline's FLOPs)
 PAPI_DP_OPS = "papi_dp_ops_tracking_process"
+#: the power series' names under a distributed run's ``rank/<r>/`` or ``host/<host>/`` prefix; a
+#: run's own series is :data:`SYSTEM_POWER_SERIES`
 POWER_SERIES = ("power_w", "power_cpu_w", "power_gpu_w", "power_ram_w")
 
 
@@ -209,10 +211,15 @@ def stage_metrics(
 
 
 def power_metrics(power_w: float, cpu_w: float, gpu_w: float, ram_w: float | None) -> dict[str, float]:
-    """One point of the power time series (watts); ``ram_w`` None where it is not known."""
-    out = dict(zip(POWER_SERIES, (power_w, cpu_w, gpu_w), strict=False))
+    """One point of a run's power time series (watts), under ``system/`` (see
+    :data:`SYSTEM_POWER_SERIES`); ``ram_w`` None where it is not known."""
+    return _series(SYSTEM_POWER_SERIES, power_w, cpu_w, gpu_w, ram_w)
+
+
+def _series(names: tuple[str, ...], power_w: float, cpu_w: float, gpu_w: float, ram_w: float | None) -> dict:
+    out = dict(zip(names, (power_w, cpu_w, gpu_w), strict=False))
     if ram_w is not None:
-        out[POWER_SERIES[3]] = ram_w
+        out[names[3]] = ram_w
     return out
 
 
@@ -419,7 +426,7 @@ def dist_tags(launcher: str, job_key: str, mode: str, agents: int) -> dict[str, 
 
 def dist_series(prefix: str, power_w: float, cpu_w: float, gpu_w: float, ram_w: float | None) -> dict:
     """One agent's power series point under ``rank/<r>/`` or ``host/<host>/``."""
-    return {prefix + k: v for k, v in power_metrics(power_w, cpu_w, gpu_w, ram_w).items()}
+    return {prefix + k: v for k, v in _series(POWER_SERIES, power_w, cpu_w, gpu_w, ram_w).items()}
 
 
 def dist_prefix(mode: str, agent: int, host: str) -> str:
@@ -578,3 +585,38 @@ def train_flops_metrics(cost: Any, passes: int) -> dict[str, float]:
     """``train_flops_estimate`` alone (3 x forward FLOPs of one counted pass x ``passes``), for a
     callback that counted the model at the start and knows the passes only at the end."""
     return {k: v for k, v in model_cost_metrics(cost, passes).items() if k not in model_cost_metrics(cost)}
+
+
+# -- issue 18: autolog, the System metrics tab, MLflow 3's logged models ---------------------------
+#: a run's power trace and energy so far go under MLflow's ``system/`` prefix, so they chart on the
+#: run page's System metrics tab beside MLflow's own system metrics (and not among the model's)
+SYSTEM_PREFIX = "system/wattsup_"
+#: ``system/wattsup_power_w``, ``..._power_cpu_w``, ``..._power_gpu_w``, ``..._power_ram_w``
+SYSTEM_POWER_SERIES = tuple(SYSTEM_PREFIX + k for k in POWER_SERIES)
+#: attributed energy from the run's start to the point (Wh: a chart's natural scale)
+SYSTEM_ENERGY_WH = SYSTEM_PREFIX + "energy_wh"
+#: tag: the run was measured by autolog; the value says how it was turned on (``autolog()`` or
+#: ``WATTSUP_AUTOLOG``)
+AUTOLOG = "wattsup.autolog"
+#: logged-model tag: which run, and which span of it, the model's energy and carbon cover
+MODEL_BASIS = "wattsup.model_basis"
+#: a run's model-cost metrics (see :func:`model_cost_metrics`) a logged model of the run also gets
+MODEL_COST_METRICS = ("params", "params_trainable", "macs", "flops", "train_flops_estimate")
+
+
+def sample_metrics(
+    power_w: float, cpu_w: float, gpu_w: float, ram_w: float | None, energy_j: float
+) -> dict[str, float]:
+    """One point of a run's trace: :func:`power_metrics` and the energy so far."""
+    return {**power_metrics(power_w, cpu_w, gpu_w, ram_w), SYSTEM_ENERGY_WH: wh(energy_j)}
+
+
+def model_basis_tag(run_id: str, seconds: float, carbon: CarbonConfig) -> dict[str, str]:
+    """``wattsup.model_basis`` of a logged model: the span of the run its cost covers (from the
+    run's start to the model's creation) and the carbon settings applied."""
+    c = carbon.intensity
+    where = f"{c.region}, {c.source}" if c.region else c.source
+    return {
+        MODEL_BASIS: f"run {run_id}: from its start to this model's creation, {seconds:.1f} s; "
+        f"carbon at {c.g_per_kwh:.4g} g CO2eq/kWh ({where}), PUE {carbon.pue:g}"
+    }

@@ -45,10 +45,8 @@ from mlflow.utils.validation import (
     MAX_TAG_VAL_LENGTH,
 )
 
-from mlflow_wattsup.sink import keys
 from mlflow_wattsup.sink.spool import SpoolFile, entity_json, spool_dir
 from mlflow_wattsup.sink.transport import Store, now_ms, unreachable
-from mlflow_wattsup.tracking.tracker import Sample
 
 CLOSE_WAIT_ENV = "WATTSUP_CLOSE_WAIT_S"
 CLOSE_WAIT_S = 60.0
@@ -137,14 +135,6 @@ class MlflowSink:
                     continue  # never log NaN/inf: N/A is the absence of the key
                 self._queue.append(("metric", Metric(k, v, ts, int(step))))
         self._queued()
-
-    def log_sample(self, s: Sample) -> None:
-        """Queue one tracker sample as the power time series (step = elapsed seconds)."""
-        self.log_metrics(
-            keys.power_metrics(s.power_w, s.power_cpu_w, s.power_gpu_w, s.power_ram_w),
-            step=s.step,
-            timestamp_ms=s.timestamp_ms,
-        )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._queue_texts("param", Param, params, MAX_PARAM_VAL_LENGTH)

@@ -105,7 +105,7 @@ def test_cli_import_eit_once(tmp_path, client, experiment, tracking_uri):
     assert t["wattsup.source.cpu"] == "import-eit" and t["wattsup.pipeline"] == "freesurfer"
     assert m["stage/first/energy_kwh"] == pytest.approx(80 / 3.6e6)
     assert run.info.end_time - run.info.start_time == 12_000
-    assert len(client.get_metric_history(run.info.run_id, "power_w")) == 3
+    assert len(client.get_metric_history(run.info.run_id, "system/wattsup_power_w")) == 3
     from support.contract import documented, undocumented
 
     assert undocumented(set(m) | set(p) | set(t), documented()) == []

@@ -216,7 +216,7 @@ def test_our_segmentation_project_is_measured_once(tmp_path, tracking_db, client
     assert run.info.status == "FINISHED"
     for key in ("energy_kwh", "cpu_time_s", "carbon_g", "overhead_cpu_s", "tracker_cpu_s"):
         assert len(client.get_metric_history(rid, key)) == 1, key  # one measurement wrote it, once
-    steps = [p.step for p in client.get_metric_history(rid, "power_w")]
+    steps = [p.step for p in client.get_metric_history(rid, "system/wattsup_power_w")]
     assert steps and len(steps) == len(set(steps))  # one sampler's series, not two interleaved
     # the project's own measurement is a stage of ours, never more than the whole
     assert 0 < m["stage/python/energy_kwh"] <= m["energy_kwh"]

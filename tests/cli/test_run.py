@@ -65,7 +65,7 @@ def test_busy_python_command_lands_in_a_run(tracking_uri, client, experiment, tm
     )
     assert p["wattsup.region"] == "FRA" and p["wattsup.pue"] == "1.2"
     assert m["machine_energy_kwh"] >= m["energy_cpu_kwh"] * 0.99
-    series = client.get_metric_history(run.info.run_id, "power_w")
+    series = client.get_metric_history(run.info.run_id, "system/wattsup_power_w")
     assert len(series) >= 2 and [s.step for s in series] == sorted({s.step for s in series})
     assert "wattsup: FINISHED" in r.stderr and "[estimate]" in r.stderr
 

@@ -18,7 +18,7 @@ def test_wattsup_run_inside_wattsup_run_is_one_measurement(tracking_uri, client,
     rid, m = run.info.run_id, run.data.metrics
     for key in ("energy_kwh", "cpu_time_s", "duration_s", "overhead_cpu_s"):
         assert len(client.get_metric_history(rid, key)) == 1, key  # written by one measurement, once
-    steps = [p.step for p in client.get_metric_history(rid, "power_w")]
+    steps = [p.step for p in client.get_metric_history(rid, "system/wattsup_power_w")]
     assert steps and len(steps) == len(set(steps))  # one power series, not two interleaved
     # the inner command is a stage of the outer measurement, within it
     assert 1.0 <= m["stage/inner/cpu_time_s"] <= m["cpu_time_s"]

@@ -47,6 +47,8 @@ def site(tmp_path_factory):
             "kids": kids,
             "pages": ui.pages(server.url, exp_id, parent, kids),
             "demo_log": (work / "demo.log").read_text(),
+            "store": store,
+            "work": work,
         }
     finally:
         server.stop()
@@ -130,3 +132,36 @@ def test_without_the_parameter_mlflow_opens_the_genai_view(site):
         fresh.goto(f"{site['base']}/#/experiments/{site['exp_id']}")
         text = fresh.wait_for("Observability", timeout_s=120)
         assert not training_view(text)
+
+
+@pytest.fixture(scope="module")
+def autologged(site):
+    """A user's sklearn script that never heard of wattsup, run with ``WATTSUP_AUTOLOG=1`` (and
+    MLflow's own system metrics on) into the same store the server shows."""
+    script = ui.start_autolog_script(site["store"], site["work"])
+    assert script.wait(timeout=600) == 0, (site["work"] / "autolog.log").read_text()[-3000:]
+    exp_id, run, model = ui.autolog_run(site["store"])
+    return {"run": run, "model": model, "pages": ui.autolog_pages(site["base"], exp_id, run)}
+
+
+def test_system_metrics_tab_charts_our_power_beside_mlflows(autologged, browser):
+    """Charts render as they scroll into view, each with its legend (``<run> (<key>)``) once its
+    data is drawn: MLflow's at the top of the tab, ours further down (alphabetical)."""
+    name = autologged["run"].info.run_name
+    browser.goto(autologged["pages"]["system-metrics"])
+    text = browser.wait_for(f"{name} (system/cpu_utilization_percentage)", timeout_s=120)
+    assert training_view(text)
+    text = ui.show_power_chart(browser)
+    for key in ("system/wattsup_power_w", "system/wattsup_energy_wh", "system/system_memory_usage_megabytes"):
+        assert f"{name} ({key})" in text, key
+
+
+def test_models_page_shows_the_energy_of_a_logged_model(autologged, browser):
+    model, run = autologged["model"], autologged["run"]
+    energy = {m.key: m.value for m in model.metrics}["energy_kwh"]
+    assert 0 < energy < run.data.metrics["energy_kwh"]  # the cost up to the model's creation
+    browser.goto(autologged["pages"]["models"])
+    text = browser.wait_for(model.name, "Source run", timeout_s=120)
+    assert training_view(text) and run.info.run_name in text
+    shown = ui.show_model_energy(browser)
+    assert shown is not None and float(shown) == pytest.approx(energy)

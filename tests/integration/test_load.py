@@ -239,7 +239,7 @@ def check_runs(uri: str, experiment: str, report: dict, emitted: dict[str, list[
         name = r.info.run_name
         if r.info.status != "FINISHED":
             problems.append(f"{name}: {r.info.status}")
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "power_w")]
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "system/wattsup_power_w")]
         sent = emitted.get(name, [])
         points["emitted"] += len(sent)
         points["present"] += len(steps)

@@ -62,7 +62,7 @@ def test_measured_run_lands_finished_with_its_metrics(pg_server, experiment, tmp
     m = run.data.metrics
     assert m["cpu_time_s"] == pytest.approx(1.5, abs=0.4)
     assert m["duration_s"] >= 1.5 and m["energy_kwh"] > 0 and "carbon_g" in m
-    steps = [p.step for p in client.get_metric_history(run.info.run_id, "power_w")]
+    steps = [p.step for p in client.get_metric_history(run.info.run_id, "system/wattsup_power_w")]
     assert steps and len(steps) == len(set(steps))
     assert run.data.tags["wattsup.source.cpu"] in ("rapl", "estimate")
     # it is in PostgreSQL, not in a file next to the server

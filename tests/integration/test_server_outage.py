@@ -70,7 +70,7 @@ def test_outage_spools_and_replays_every_sample_exactly_once(tmp_path, experimen
         [run] = _runs(srv.uri, experiment)
         c = _client(srv.uri)
         assert run.info.status == "FINISHED"
-        steps = [m.step for m in c.get_metric_history(run.info.run_id, "power_w")]
+        steps = [m.step for m in c.get_metric_history(run.info.run_id, "system/wattsup_power_w")]
         assert len(steps) == len(set(steps)), "a sample arrived twice"
         duration = run.data.metrics["duration_s"]
         assert max(steps) >= duration - 2

@@ -172,7 +172,7 @@ def test_any_project_on_slurm_is_measured_once_with_its_status(server, tmp_path,
     assert nested.info.status == "FINISHED"
     for key in ("energy_kwh", "cpu_time_s", "overhead_cpu_s"):
         assert len(client.get_metric_history(rid, key)) == 1, key
-    steps = [p.step for p in client.get_metric_history(rid, "power_w")]
+    steps = [p.step for p in client.get_metric_history(rid, "system/wattsup_power_w")]
     assert steps and len(steps) == len(set(steps))
     (stage,) = {k.split("/")[1] for k in m if k.startswith("stage/")}
     assert 1.0 <= m[f"stage/{stage}/cpu_time_s"] <= m["cpu_time_s"]

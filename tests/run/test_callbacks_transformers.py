@@ -143,9 +143,8 @@ def test_without_mlflow_reporting_a_run_of_its_own_step_plan(
     assert [s for s, _ in per] == [0, 1]
     cum0 = history(client, rid, "energy_cumulative_kwh")[0][1]
     pred = history(client, rid, "predicted_energy_kwh")
-    # 2 steps left at a quarter of epoch 0 each, on top of the energy read just after epoch 0 ended
-    expected = cum0 + per[0][1] * 2 / 4
-    assert expected * (1 - 1e-9) <= pred[0][1] <= expected + per[0][1] / 4
+    # 2 steps left at a quarter of epoch 0 each, on top of the energy read when epoch 0 ended
+    assert pred[0][1] == pytest.approx(cum0 + per[0][1] * 2 / 4, rel=1e-9)
     import mlflow
 
     assert mlflow.active_run() is None  # our fluent run was ended

@@ -26,7 +26,7 @@ def test_known_run_starts_the_command_before_mlflow_is_ready(tracking_uri, clien
     assert seen.read_text() == f"{run_id} {run_id}"
     run = client.get_run(run_id)
     assert run.info.status == "RUNNING"  # not ours to end
-    steps = [m.step for m in client.get_metric_history(run_id, "power_w")]
+    steps = [m.step for m in client.get_metric_history(run_id, "system/wattsup_power_w")]
     assert steps and min(steps) <= 1, steps  # the first samples, taken before the sink existed
     assert run.data.metrics["overhead_cpu_s"] > 0
     assert run.data.tags["wattsup.command"].startswith(sys.executable)

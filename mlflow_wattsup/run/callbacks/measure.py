@@ -343,8 +343,7 @@ class FitMeasurement:
         metrics = keys.epoch_power_metrics(e_j, d_s)
         steps = int(steps_done) - (self._steps0 or 0)
         if self.planned_steps is not None and steps > 0:
-            elapsed = self.tracker.sample()
-            so_far_j = self.tracker.energy_at(elapsed)[0].total_j
+            elapsed, so_far_j = self.epochs.last_end  # the same reading as the epoch's own figures
             left = max(0, self.planned_steps - int(steps_done))
             per_step_j = sum(self.epochs.epoch_energy_j) / steps
             per_step_s = sum(self.epochs.epoch_duration_s) / steps
