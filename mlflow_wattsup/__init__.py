@@ -30,9 +30,18 @@ __version__ = "0.1.0"
 #: the layers, lowest first: a module imports only from its own folder and those before it
 LAYERS = ("meters", "analysis", "tracking", "sink", "report", "run", "backends", "study", "projects", "cli")
 
-__all__ = ["__version__", "track", "autolog", "log_model_cost", "log_dice", "model_cost", "dice_files"]
-# the training-loop callbacks (docs/callbacks.md); each imports its framework on first use
-__all__ += ["LightningCallback", "TransformersCallback"]
+#: the training-loop callbacks (docs/callbacks.md) import their framework on first use
+__all__ = [
+    "__version__",
+    "track",
+    "autolog",
+    "log_model_cost",
+    "log_dice",
+    "model_cost",
+    "dice_files",
+    "LightningCallback",
+    "TransformersCallback",
+]
 
 _LAZY = {
     "track": "run.track",
