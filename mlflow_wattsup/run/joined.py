@@ -47,7 +47,7 @@ from mlflow_wattsup.analysis.carbon import CarbonConfig
 from mlflow_wattsup.run.lifecycle import TrackedRun, experiment_wanted
 from mlflow_wattsup.run.recording import Recording, stage_metrics
 from mlflow_wattsup.sink import keys
-from mlflow_wattsup.sink.transport import Store
+from mlflow_wattsup.sink.transport import Store, job_limiter
 from mlflow_wattsup.tracking.distributed import (
     AgentReport,
     JobContext,
@@ -134,7 +134,9 @@ class JoinedRun(TrackedRun):
         alone, found = None, False
         if not self.leader and explicit is None:
             if kw.get("store") is None:
-                kw["store"] = Store(tracking_uri=kw.get("tracking_uri"))  # the run's one connection
+                kw["store"] = Store(
+                    tracking_uri=kw.get("tracking_uri"), limiter=job_limiter()
+                )  # one connection
             wait_s = _seconds(JOIN_ENV, 120.0)
             explicit = find_job_run(kw["store"], ctx.job_key, kw.get("experiment"), wait_s)
             found = explicit is not None

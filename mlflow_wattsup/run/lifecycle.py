@@ -20,7 +20,7 @@ from typing import Any
 from mlflow_wattsup.analysis.carbon import CarbonConfig
 from mlflow_wattsup.run.recording import Recording
 from mlflow_wattsup.sink import keys
-from mlflow_wattsup.sink.transport import Store, now_ms, unreachable
+from mlflow_wattsup.sink.transport import Store, job_limiter, now_ms, unreachable
 from mlflow_wattsup.sink.writer import MlflowSink
 from mlflow_wattsup.tracking.tracker import SampleBuffer, Totals, Tracker
 
@@ -122,7 +122,7 @@ class TrackedRun:
         create: Mapping[str, Any] | None = None,
     ):
         if store is None:
-            store = Store(tracking_uri=tracking_uri)
+            store = Store(tracking_uri=tracking_uri, limiter=job_limiter())
         self.store = store
         self.echo = echo
         self.recording: Recording | None = None

@@ -84,6 +84,15 @@ def speaks_rest(uri: str | None, environ: Mapping[str, str] = os.environ) -> boo
     )
 
 
+def job_limiter():
+    """The pace of one job's requests to a tracking server: a :class:`.backoff.TokenBucket` at
+    ``$WATTSUP_MAX_REQUESTS_PER_MIN`` (120 a minute, bursts of 30: a job's usual 5 to 10 requests
+    never wait), so that hundreds of jobs replaying at once do not storm the server."""
+    from mlflow_wattsup.sink.backoff import TokenBucket, rate_from_env
+
+    return TokenBucket(rate_from_env())
+
+
 # -- MLflow-shaped views of REST answers ------------------------------------------------------------
 
 
@@ -210,7 +219,8 @@ class Store:
     ``Store(tracking_uri="http://...")`` (or ``Store()``: the current tracking URI, see
     :func:`tracking_uri_now`) imports MLflow only for stores that need it; ``Store(client)``
     wraps an ``MlflowClient`` made elsewhere (its URI decides the same way). ``requests``: the
-    calls this store made over HTTP.
+    calls this store made over HTTP; ``limiter``: what paces them (None: nothing; a job's
+    store takes :func:`job_limiter`).
     """
 
     def __init__(
