@@ -271,7 +271,7 @@ class TrackedRun:
         """Write what is queued; describe the run from it (the description goes in the last batch,
         with ``last``'s values); end the run if we created it; close the sink."""
         describes = self._describes()
-        if describes and self.run_id is not None and self.sink.flush():
+        if describes and self.sink.flush() and self.run_id is not None:  # a deferred run is created here
             self._describe()
         if describes and last is not None:
             try:
