@@ -58,20 +58,18 @@ def _wattsup_run(server, tmp_path, *args, env=None):
     return ours, server.requests()[before:], r.stderr
 
 
-def _clean_env(monkeypatch):
+def _clean_env():
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT"))}
 
 
-def test_a_new_run_over_http_imports_no_mlflow(server, mlflow_client, tmp_path, experiment, monkeypatch):
+def test_a_new_run_over_http_imports_no_mlflow(server, mlflow_client, tmp_path, experiment):
     # an experiment an earlier job made (marked, our runs view saved): the usual case of a study's jobs
     mlflow_client.create_experiment(
         experiment, tags={keys.EXPERIMENT_KIND_TAG: keys.EXPERIMENT_KIND, VIEW_TAG: "{}"}
     )
-    probe, requests, err = _wattsup_run(
-        server, tmp_path, "--experiment", experiment, env=_clean_env(monkeypatch)
-    )
+    probe, requests, err = _wattsup_run(server, tmp_path, "--experiment", experiment, env=_clean_env())
     assert probe["mlflow"] == [], f"MLflow imported: {probe['mlflow'][:10]}"
     assert probe["heavy"] == [], f"heavy libraries imported: {probe['heavy']}"
     [run] = mlflow_client.search_runs([mlflow_client.get_experiment_by_name(experiment).experiment_id])
@@ -94,10 +92,10 @@ def test_a_new_run_over_http_imports_no_mlflow(server, mlflow_client, tmp_path, 
     assert len(paths) - paths.count(("POST", "/api/2.0/mlflow/runs/log-batch")) == 4, paths
 
 
-def test_inside_a_run_over_http_imports_no_mlflow(server, mlflow_client, tmp_path, experiment, monkeypatch):
+def test_inside_a_run_over_http_imports_no_mlflow(server, mlflow_client, tmp_path, experiment):
     exp = mlflow_client.create_experiment(experiment)
     run_id = mlflow_client.create_run(exp).info.run_id
-    env = {**_clean_env(monkeypatch), "MLFLOW_RUN_ID": run_id}
+    env = {**_clean_env(), "MLFLOW_RUN_ID": run_id}
     probe, requests, err = _wattsup_run(server, tmp_path, env=env)
     assert probe["mlflow"] == [], f"MLflow imported: {probe['mlflow'][:10]}"
     assert probe["heavy"] == []
