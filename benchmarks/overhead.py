@@ -252,31 +252,27 @@ def print_wrapper_table(results: dict, reps: int) -> dict[str, float]:
         "  (peak RSS: the largest process of the launched tree, from wait4: the wrapper's own peak "
         "whenever it is bigger than the command, whose alone is the bare launch's)"
     )
+    print("\noverhead_cpu_s (the run's own metric) beside the wrapper's CPU, same launches (medians, CPU-s):")
     print(
-        "\nwhy overhead_cpu_s (the run's own metric) is less than the wrapper's CPU, same launches (medians, CPU-s):"
-    )
-    print(
-        f"  {'store':<7} {'mode':<24} {'overhead_cpu_s':>15} {'+ after it':>11} {'+ own children':>15} "
-        f"{'+ exit':>7} {'= wrapper CPU':>14}"
+        f"  {'store':<7} {'mode':<24} {'overhead_cpu_s':>15} {'+ after it':>11} {'+ exit':>7} {'= wrapper CPU':>14}"
     )
     for (store, mode), launches in results.items():
         if not mode.startswith("wattsup"):
             continue
         metric = [x.overhead_metric_s or 0.0 for x in launches]
-        self_exit = [x.account[0] for x in launches]
-        children = [x.account[1] - x.command_cpu_s for x in launches]
+        # at the atexit hook: own CPU + own children's (the reaped children's CPU less the command's)
+        at_exit = [x.account[0] + x.account[1] - x.command_cpu_s for x in launches]
         total = [x.wrapper_cpu_s for x in launches]
-        after = [a - m for a, m in zip(self_exit, metric, strict=True)]
-        teardown = [t - a - c for t, a, c in zip(total, self_exit, children, strict=True)]
+        after = [a - m for a, m in zip(at_exit, metric, strict=True)]
+        teardown = [t - a for t, a in zip(total, at_exit, strict=True)]
         print(
-            f"  {store:<7} {mode[12:]:<24} {med(metric):15.2f} {med(after):11.2f} {med(children):15.2f} "
-            f"{med(teardown):7.2f} {med(total):14.2f}"
+            f"  {store:<7} {mode[12:]:<24} {med(metric):15.2f} {med(after):11.2f} {med(teardown):7.2f} "
+            f"{med(total):14.2f}"
         )
     print(
-        "  overhead_cpu_s = the wattsup process's own CPU (getrusage SELF) when the totals are logged; "
-        "after it: closing the sink (the last writes, the status), the description and the runs view; "
-        "own children: processes the wrapper itself ran (git/uname from MLflow's context), reaped; "
-        "exit: interpreter teardown after the atexit hook (freeing the ~2,000 modules MLflow brings)"
+        "  overhead_cpu_s = the wattsup process's own CPU + its reaped children's - the command's (wait4), "
+        "taken after the description is made; after it: the last batch and the status update, the summary, "
+        "the atexit hooks; exit: interpreter teardown after the atexit hook"
     )
     rows = {f"{store} {mode}": med([x.wrapper_cpu_s for x in ls]) for (store, mode), ls in results.items()}
     rows.update(

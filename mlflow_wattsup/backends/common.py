@@ -9,12 +9,9 @@ wrapper (:mod:`.job`), else the process that waits for the job (from the schedul
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
@@ -96,35 +93,19 @@ def check_cluster_store(uri: str) -> None:
 # -- setting a run's status -------------------------------------------------------------------
 
 
-def _auth_header() -> dict[str, str]:
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    if token:
-        return {"Authorization": f"Bearer {token}"}
-    user, pw = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if user and pw:
-        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}
-    return {}
-
-
-def _post(uri: str, path: str, body: dict, timeout_s: float) -> None:
-    req = urllib.request.Request(
-        uri.rstrip("/") + path,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", **_auth_header()},
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=timeout_s) as r:
-        r.read()
-
-
 def _mark_rest(uri: str, run_id: str, status: str, tags: dict[str, str], timeout_s: float) -> None:
-    if tags:
-        tag_list = [{"key": k, "value": str(v)} for k, v in tags.items()]
-        _post(uri, "/api/2.0/mlflow/runs/log-batch", {"run_id": run_id, "tags": tag_list}, timeout_s)
-    body: dict = {"run_id": run_id, "status": status}
-    if status in TERMINAL:
-        body["end_time"] = int(time.time() * 1000)
-    _post(uri, "/api/2.0/mlflow/runs/update", body, timeout_s)
+    """Tags and status in (at most) two requests through our REST client (MLflow's auth
+    environment, TLS settings and credentials file, no MLflow import)."""
+    from mlflow_wattsup.sink.rest import RestClient
+
+    client = RestClient(uri, timeout_s=timeout_s)
+    try:
+        if tags:
+            client.log_batch(run_id, tags=tags)
+        end_ms = int(time.time() * 1000) if status in TERMINAL else None
+        client.update_run(run_id, status=status, end_time_ms=end_ms)
+    finally:
+        client.close()
 
 
 def _mark_client(uri: str, run_id: str, status: str, tags: dict[str, str]) -> None:
@@ -143,22 +124,27 @@ def _mark_client(uri: str, run_id: str, status: str, tags: dict[str, str]) -> No
 def mark_run(
     uri: str, run_id: str, status: str, tags: dict[str, str] | None = None, attempts: int = 4
 ) -> bool:
-    """Set ``status`` (and ``tags``) on ``run_id``. Over HTTP with two plain REST calls (no MLflow
-    import: a job's wrapper stays light), else through ``MlflowClient``. Retries with back-off;
-    False if every attempt failed (the waiting process will set it from the scheduler's record)."""
+    """Set ``status`` (and ``tags``) on ``run_id``. Over HTTP with our REST client (no MLflow
+    import: a job's wrapper stays light; MLflow's client only where an auth plugin is asked
+    for), else through ``MlflowClient``. Retries with back-off (a refusal, e.g. an unknown run,
+    is not retried); False if every attempt failed (the waiting process will set it from the
+    scheduler's record)."""
+    from mlflow_wattsup.sink.backoff import backoff_delay_s
+    from mlflow_wattsup.sink.rest import RestError
+    from mlflow_wattsup.sink.transport import speaks_rest
+
     tags = dict(tags or {})
     for i in range(attempts):
         try:
-            if urlparse(uri).scheme in ("http", "https"):
-                try:
-                    _mark_rest(uri, run_id, status, tags, timeout_s=15)
-                    return True
-                except urllib.error.HTTPError as exc:
-                    if exc.code not in (401, 403, 404):  # server error: retry; auth: try the client
-                        raise
-            _mark_client(uri, run_id, status, tags)
+            if speaks_rest(uri):
+                _mark_rest(uri, run_id, status, tags, timeout_s=15)
+            else:
+                _mark_client(uri, run_id, status, tags)
             return True
-        except Exception:  # the store is down or busy: back off and retry
+        except Exception as exc:  # the store is down or busy: back off and retry
+            if isinstance(exc, RestError) and not exc.retryable:
+                return False
             if i + 1 < attempts:
-                time.sleep(min(2.0**i, 10.0))
+                after = getattr(exc, "retry_after_s", None)
+                time.sleep(backoff_delay_s(i, cap_s=10.0, retry_after_s=after))
     return False

@@ -10,9 +10,10 @@ code (143 when cancelled).
 A task of the ``slurm`` project backend (``task.measure`` set) has its command measured into its
 run, as ``wattsup run`` would (:mod:`.measured`): any project gets its energy, and a measurer
 inside the command that would measure the same run (our own projects, a nested ``wattsup run``)
-logs a stage of it instead ($WATTSUP_RUN_ID). This imports MLflow in the job (seconds, before the
-command starts). A study's task (``measure`` None: our pipelines measure themselves) runs as it
-is: two REST calls over HTTP, no MLflow import. Should the measurement fail to start (a store
+logs a stage of it instead ($WATTSUP_RUN_ID). Over HTTP neither imports MLflow (the store's
+calls go through our REST client, :mod:`mlflow_wattsup.sink.rest`). A study's task (``measure``
+None: our pipelines measure themselves) runs as it is: two REST calls at its start, one at its
+end. Should the measurement fail to start (a store
 error other than unreachable), the command still runs, unmeasured, and the run says why.
 """
 

@@ -181,9 +181,10 @@ class MeasuredEntryPoint:
     ):
         from mlflow_wattsup.meters.proctree import ProcessTreeMeter
         from mlflow_wattsup.run.lifecycle import TrackedRun
+        from mlflow_wattsup.run.overhead import cpu_now_s
         from mlflow_wattsup.tracking.tracker import make_tracker
 
-        self._cpu0 = _own_cpu_s()
+        self._cpu0 = cpu_now_s()
         self.command, self.workdir, self.env = command, str(workdir), dict(env)
         self.run_id, self.tracking_uri, self.echo = run_id, tracking_uri, echo
         self.carbon = settings.carbon()
@@ -217,10 +218,14 @@ class MeasuredEntryPoint:
             if echo is not None:
                 print(f"wattsup: error: {exc.message}", file=echo)
         try:
+            from mlflow_wattsup.run.overhead import overhead_cpu_s
+
             run.finish(
                 status,
                 exit_code,
-                before_close=lambda: run.sink.log_metrics({keys.OVERHEAD_CPU_S: _own_cpu_s() - self._cpu0}),
+                last=lambda: run.sink.log_metrics(
+                    {keys.OVERHEAD_CPU_S: overhead_cpu_s(self.tracker, self._cpu0)}
+                ),
             )
         except Exception as exc:  # the command has run: its status still goes to the run
             if echo is not None:
@@ -231,11 +236,3 @@ class MeasuredEntryPoint:
                 file=echo,
             )
         return Outcome(exit_code, status, run, self.carbon, spawned)
-
-
-def _own_cpu_s() -> float:
-    """CPU seconds of this process itself (its threads; children excluded)."""
-    import resource
-
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime

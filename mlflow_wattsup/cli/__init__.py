@@ -46,9 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # we never phone home, nor does MLflow for us
     replaying = None
     if args.command != "flush":  # values an earlier job could not deliver: replayed while we work
-        from mlflow_wattsup.sink.replay import replay_leftovers_in_background
+        from mlflow_wattsup.sink.spool import leftover_spools
 
-        replaying = replay_leftovers_in_background()
+        if leftover_spools():  # the replay (and the writer it brings) imported only when needed
+            from mlflow_wattsup.sink.replay import replay_leftovers_in_background
+
+            replaying = replay_leftovers_in_background()
     try:
         return _run(args)
     finally:

@@ -173,7 +173,12 @@ def main(args) -> int:
                 file=sys.stderr,
             )
         return exit_code
-    run.finish(status, exit_code, before_close=lambda: run.sink.log_metrics({OVERHEAD_CPU_S: _own_cpu_s()}))
+    from mlflow_wattsup.run.overhead import overhead_cpu_s
+
+    # what measuring cost, taken last (after the description), with the run's final values
+    run.finish(
+        status, exit_code, last=lambda: run.sink.log_metrics({OVERHEAD_CPU_S: overhead_cpu_s(tracker)})
+    )
     if not quiet and spawned:
         print(run.summary(carbon, exit_code, status), file=sys.stderr)
     return exit_code
@@ -260,15 +265,6 @@ class _RunSetup:
         if self._error is not None:
             raise self._error
         return self.run
-
-
-def _own_cpu_s() -> float:
-    """CPU seconds of this wattsup process itself (start-up, MLflow, sampling, writing), children
-    excluded: what measuring cost on top of the command."""
-    import resource
-
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 def _epoch_watcher(pattern, epochs):

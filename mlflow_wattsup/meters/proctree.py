@@ -218,6 +218,11 @@ class ProcessTreeMeter:
         """
         self._reaped_s += cpu_s
 
+    @property
+    def reaped_cpu_s(self) -> float:
+        """CPU seconds of the processes of the tree the tracker reaped (``wait4``)."""
+        return self._reaped_s
+
     def attach(self, key: str, source: _Source, cgroups: tuple[str, ...] = ()) -> None:
         """Count a cgroup as part of the tree from now on: ``source.read()`` returns a
         :class:`~.cgroup.CgroupReading` (CPU seconds since the cgroup was created: all of it is

@@ -114,12 +114,15 @@ def runs_view_state() -> dict:
 
 
 def ensure_runs_view(client, experiment_id: str) -> bool:
-    """Save our runs-table view in the experiment unless it is there (a user may have changed it:
+    """``client``: an ``MlflowClient`` or a :class:`~mlflow_wattsup.sink.transport.Store`. Save our runs-table view in the experiment unless it is there (a user may have changed it:
     it is never overwritten); True if written. The UI lists it under "Views"; links made with
     ``view=True`` open it. The tag's format is the MLflow 3.17 UI's own ("Save view": a JSON
     envelope with the name, the creation time in ms, and the state as JSON text)."""
-    exp = client.get_experiment(experiment_id)
-    if VIEW_TAG in exp.tags:
+    # our Store knows the tags it read when it found the experiment: a view seen there is there
+    # (no request); one not seen then is looked for now, never written over a user's
+    if hasattr(client, "experiment_tags") and VIEW_TAG in client.experiment_tags(experiment_id):
+        return False
+    if VIEW_TAG in client.get_experiment(experiment_id).tags:
         return False
     envelope = {
         "name": VIEW_NAME,

@@ -55,15 +55,27 @@ def note_owner(note: str | None) -> str:
     return "user"
 
 
-def write_note(client, run_id: str, text: str, tags: Mapping[str, str] | None = None) -> bool:
-    """Set the run's description to ``text`` unless a user wrote one; True if written."""
-    if tags is None:
-        tags = client.get_run(run_id).data.tags
+def note_value(text: str, tags: Mapping[str, str]) -> str | None:
+    """The ``mlflow.note.content`` value that writes ``text`` as the description of a run with
+    ``tags`` (cut to what MLflow takes, our marker added); None when a user wrote the run's
+    description (it is kept)."""
     if note_owner(tags.get(NOTE_TAG)) == "user":
-        return False
+        return None
     if len(text) > NOTE_MAX_CHARS:
         text = text[: NOTE_MAX_CHARS - 80].rsplit("\n", 1)[0] + "\n\n_(cut here: see the run's artifacts)_\n"
-    client.set_tag(run_id, NOTE_TAG, mark(text))
+    return mark(text)
+
+
+def write_note(client, run_id: str, text: str, tags: Mapping[str, str] | None = None) -> bool:
+    """Set the run's description to ``text`` unless a user wrote one; True if written.
+    ``client``: an ``MlflowClient`` or a :class:`~mlflow_wattsup.sink.transport.Store` (any
+    object with ``get_run`` and ``set_tag``)."""
+    if tags is None:
+        tags = client.get_run(run_id).data.tags
+    value = note_value(text, tags)
+    if value is None:
+        return False
+    client.set_tag(run_id, NOTE_TAG, value)
     return True
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mlflow_wattsup.report.model import energy_basis
-from mlflow_wattsup.report.notes import footer, md, write_note
+from mlflow_wattsup.report.notes import footer, md, note_value
 from mlflow_wattsup.report.numbers import energy_kwh, fmt, seconds
 from mlflow_wattsup.sink import keys
 
@@ -205,11 +205,25 @@ def run_markdown(
     return "\n".join(lines) + "\n"
 
 
-def describe_run(client, run_id: str) -> bool:
-    """Write the run's description from what it logged (call once its metrics are in); True if
-    written, False when it logged no energy or a user's description is kept."""
+def describe_text(run) -> str | None:
+    """The ``mlflow.note.content`` value describing ``run`` (MLflow's ``Run``, or the
+    :class:`~mlflow_wattsup.sink.transport.Store`'s view of one) from what it logged; None when
+    it logged no energy or a user's description is kept."""
     from mlflow_wattsup import __version__
 
-    d = client.get_run(run_id).data
+    d = run.data
     text = run_markdown(d.metrics, d.params, d.tags, __version__)
-    return text is not None and write_note(client, run_id, text, d.tags)
+    return None if text is None else note_value(text, d.tags)
+
+
+def describe_run(client, run_id: str) -> bool:
+    """Write the run's description from what it logged (call once its metrics are in); True if
+    written, False when it logged no energy or a user's description is kept. ``client``: an
+    ``MlflowClient`` or a :class:`~mlflow_wattsup.sink.transport.Store`."""
+    from mlflow_wattsup.report.notes import NOTE_TAG
+
+    value = describe_text(client.get_run(run_id))
+    if value is None:
+        return False
+    client.set_tag(run_id, NOTE_TAG, value)
+    return True

@@ -82,6 +82,19 @@ class ImageInput:
 
         return MetaDataset(LocalArtifactDatasetSource(self.source), name=self.name, digest=self.digest)
 
+    def input_fields(self) -> dict:
+        """The dataset input as :meth:`~mlflow_wattsup.sink.transport.Store.log_inputs` takes it:
+        the fields :meth:`dataset` gives MLflow (a ``local`` source, no schema or profile)."""
+        import json
+
+        return {
+            "name": self.name,
+            "digest": self.digest,
+            "source_type": "local",
+            "source": json.dumps({"uri": self.source}),
+            "tags": {CONTEXT_TAG: self.context, keys.DIGEST: self.digest_kind},
+        }
+
 
 def image_file(path: str | os.PathLike, context: str = "input", name: str | None = None) -> ImageInput:
     """An image read as-is from ``path`` (digest of its bytes)."""
@@ -95,7 +108,17 @@ def image_array(name: str, source: str | os.PathLike, arrays: Sequence, context:
 
 
 def log_images(client, run_id: str, images: Iterable[ImageInput]) -> None:
-    """Log ``images`` as the run's dataset inputs, in one call."""
+    """Log ``images`` as the run's dataset inputs, in one call. ``client``: our
+    :class:`~mlflow_wattsup.sink.transport.Store` (over HTTP: no MLflow import) or an
+    ``MlflowClient``."""
+    images = list(images)
+    if not images:
+        return
+    from mlflow_wattsup.sink.transport import Store
+
+    if isinstance(client, Store):
+        client.log_inputs(run_id, [im.input_fields() for im in images])
+        return
     from mlflow.entities import DatasetInput, InputTag
 
     inputs = [
@@ -105,5 +128,4 @@ def log_images(client, run_id: str, images: Iterable[ImageInput]) -> None:
         )
         for im in images
     ]
-    if inputs:
-        client.log_inputs(run_id, datasets=inputs)
+    client.log_inputs(run_id, datasets=inputs)

@@ -47,7 +47,7 @@ from mlflow_wattsup.analysis.carbon import CarbonConfig
 from mlflow_wattsup.run.lifecycle import TrackedRun, experiment_wanted
 from mlflow_wattsup.run.recording import Recording, stage_metrics
 from mlflow_wattsup.sink import keys
-from mlflow_wattsup.sink.transport import Store
+from mlflow_wattsup.sink.transport import Store, job_limiter
 from mlflow_wattsup.tracking.distributed import (
     AgentReport,
     JobContext,
@@ -134,9 +134,9 @@ class JoinedRun(TrackedRun):
         alone, found = None, False
         if not self.leader and explicit is None:
             if kw.get("store") is None:
-                from mlflow.tracking import MlflowClient
-
-                kw["store"] = Store(MlflowClient(kw.get("tracking_uri")))  # the run's one connection
+                kw["store"] = Store(
+                    tracking_uri=kw.get("tracking_uri"), limiter=job_limiter()
+                )  # one connection
             wait_s = _seconds(JOIN_ENV, 120.0)
             explicit = find_job_run(kw["store"], ctx.job_key, kw.get("experiment"), wait_s)
             found = explicit is not None
@@ -236,7 +236,7 @@ class JoinedRun(TrackedRun):
         """The run's status when it is no longer RUNNING, or when another agent took it over;
         None while it is ours to end (a store that does not answer counts as ours: spooled)."""
         try:
-            run = self.store.client.get_run(self.run_id)
+            run = self.store.get_run(self.run_id)
         except Exception:
             return None
         if run.info.status != "RUNNING":
@@ -246,10 +246,10 @@ class JoinedRun(TrackedRun):
             return f"taken over: {taker}"
         return None
 
-    def _close(self, status: str, end_time_ms: int | None = None) -> None:
+    def _close(self, status: str, end_time_ms: int | None = None, last=None) -> None:
         if self._took_over and self.created and self._ended_by_other() is not None:
             self.created = False  # ended while we wrote the totals: do not end it a second time
-        super()._close(status, end_time_ms)
+        super()._close(status, end_time_ms, last)
 
     def _await_leader(self) -> bool:
         """An agent other than 0, after its report: wait for the run to leave RUNNING. True when
@@ -262,7 +262,7 @@ class JoinedRun(TrackedRun):
         while True:
             now = time.monotonic()
             try:
-                run = self.store.client.get_run(self.run_id)
+                run = self.store.get_run(self.run_id)
             except Exception:  # the store does not answer: nobody can end the run now
                 if now - changed >= margin_s + report_s:
                     self._say(
@@ -331,7 +331,7 @@ class JoinedRun(TrackedRun):
             deadline = time.monotonic() + _seconds(REPORT_ENV, 120.0)
             while True:
                 try:
-                    tags = self.store.client.get_run(self.run_id).data.tags if self.run_id else {}
+                    tags = self.store.get_run(self.run_id).data.tags if self.run_id else {}
                 except Exception:  # the store is down: wait, then log what we have (spooled)
                     tags = {}
                 for k, v in tags.items():

@@ -20,7 +20,7 @@ from typing import Any
 from mlflow_wattsup.analysis.carbon import CarbonConfig
 from mlflow_wattsup.run.recording import Recording
 from mlflow_wattsup.sink import keys
-from mlflow_wattsup.sink.transport import Store, now_ms, unreachable
+from mlflow_wattsup.sink.transport import Store, job_limiter, now_ms, unreachable
 from mlflow_wattsup.sink.writer import MlflowSink
 from mlflow_wattsup.tracking.tracker import SampleBuffer, Totals, Tracker
 
@@ -44,18 +44,35 @@ def experiment_wanted(name: str | None) -> dict[str, str | None]:
     return {"experiment_name": DEFAULT_EXPERIMENT, "experiment_id": None}
 
 
-def new_run_tags(tags: Mapping[str, str] | None = None) -> dict[str, str]:
+def new_run_tags(tags: Mapping[str, str] | None = None, store: Store | None = None) -> dict[str, str]:
     """Tags of a run we create: MLflow's own context tags (user, source, git; and our plugin's
-    hardware tags) as ``mlflow.start_run`` would set them, then ``tags``."""
-    try:
-        from mlflow.tracking.context.registry import resolve_tags
+    hardware tags) as ``mlflow.start_run`` would set them, then ``tags``.
 
-        base = dict(resolve_tags())
-    except Exception:  # never fail a run over its context tags
-        base = {}
+    Over HTTP (``store`` speaks REST) and while this process has not imported MLflow, they are
+    computed without it (:func:`~mlflow_wattsup.sink.rest.context_tags`, our plugin's tags added
+    unless ``WATTSUP_DISABLE_PLUGIN`` is set): context-provider plugins of other packages are
+    then not asked; everywhere else MLflow's own ``resolve_tags`` gives them."""
+    if store is not None and store.is_rest and "mlflow" not in sys.modules:
+        from mlflow_wattsup.run.machine import machine_tags
+        from mlflow_wattsup.sink.rest import context_tags
+
+        extra: dict[str, str] = {}
+        if os.environ.get("WATTSUP_DISABLE_PLUGIN", "").lower() not in ("1", "true", "yes"):
+            try:
+                extra = dict(machine_tags())
+            except Exception:  # never fail a run over its context tags
+                extra = {}
+        base = context_tags(extra=extra)
+    else:
+        try:
+            from mlflow.tracking.context.registry import resolve_tags
+
+            base = dict(resolve_tags())
+        except Exception:  # never fail a run over its context tags
+            base = {}
     base.setdefault("mlflow.user", _user())
     base.setdefault("mlflow.source.type", "LOCAL")
-    base.setdefault("mlflow.source.name", sys.argv[0] or "python")
+    base.setdefault("mlflow.source.name", sys.argv[0] or "<console>")
     base.update(tags or {})
     return base
 
@@ -105,9 +122,7 @@ class TrackedRun:
         create: Mapping[str, Any] | None = None,
     ):
         if store is None:
-            from mlflow.tracking import MlflowClient
-
-            store = Store(MlflowClient(tracking_uri))
+            store = Store(tracking_uri=tracking_uri, limiter=job_limiter())
         self.store = store
         self.echo = echo
         self.recording: Recording | None = None
@@ -128,7 +143,7 @@ class TrackedRun:
                     else {
                         **experiment_wanted(experiment),
                         "run_name": run_name,
-                        "tags": new_run_tags(tags),
+                        "tags": new_run_tags(tags, self.store),
                         "start_time": now_ms(),
                     }
                 )
@@ -222,14 +237,16 @@ class TrackedRun:
         extra_tags: Mapping[str, str] | None = None,
         before_close: Callable[[], None] | None = None,
         end_time_ms: int | None = None,
+        last: Callable[[], None] | None = None,
     ) -> Totals | None:
         """Log the totals (if recording) with the end tags, call ``before_close`` (last values),
-        end the run if we created it (at ``end_time_ms``, default now), close the sink, describe
-        the run."""
+        describe the run, call ``last`` (the very last values, e.g. what measuring cost: it is
+        called after the description is made, and only where the run is described), end the run
+        if we created it (at ``end_time_ms``, default now) and close the sink."""
         try:
             status = self._log_end(status, exit_code, extra_tags, before_close)
         finally:
-            self._close(status, end_time_ms)
+            self._close(status, end_time_ms, last)
         return self.totals
 
     def _log_end(
@@ -248,13 +265,22 @@ class TrackedRun:
             before_close()
         return status
 
-    def _close(self, status: str, end_time_ms: int | None = None) -> None:
-        """End the run if we created it, write everything queued, then describe it."""
+    def _close(
+        self, status: str, end_time_ms: int | None = None, last: Callable[[], None] | None = None
+    ) -> None:
+        """Write what is queued; describe the run from it (the description goes in the last batch,
+        with ``last``'s values); end the run if we created it; close the sink."""
+        describes = self._describes()
+        if describes and self.sink.flush() and self.run_id is not None:  # a deferred run is created here
+            self._describe()
+        if describes and last is not None:
+            try:
+                last()
+            except Exception:
+                pass  # what measuring cost is a convenience
         if self.created:
             self.sink.terminate(status, end_time_ms)
         written = self.sink.close()
-        if written and self._describes():
-            self._describe()
         if self._fluent:
             self._end_fluent(status, written)
 
@@ -264,17 +290,31 @@ class TrackedRun:
         return self.recording is None or self.recording.as_stage is None
 
     def _describe(self) -> None:
-        """The run's description in words (never over a user's), and our saved runs-table view in
-        an experiment we created the run in; a failure here is one line, never an error."""
-        from mlflow_wattsup.report.notes import describe_or_warn
-        from mlflow_wattsup.report.run_note import describe_run
+        """The run's description in words (never over a user's), queued as the run's last tag,
+        and our saved runs-table view in an experiment we created the run in; a failure here is
+        one line, never an error. One request (the run read back, with what the command itself
+        logged); the view costs none once the experiment has it."""
+        from mlflow_wattsup.report.run_note import describe_text
 
-        describe_or_warn(describe_run, self.store.client, self.run_id)
+        run_id = self.run_id
+        try:
+            text = describe_text(self.store.get_run(run_id))
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            print(
+                f"wattsup: run {run_id}: description not written ({type(exc).__name__}: {first})",
+                file=sys.stderr,
+            )
+            return
+        if text is not None:
+            from mlflow_wattsup.report.notes import NOTE_TAG
+
+            self.sink.set_tags({NOTE_TAG: text})
         if self.created:
             try:
                 from mlflow_wattsup.report.links import ensure_runs_view
 
-                ensure_runs_view(self.store.client, self.store.client.get_run(self.run_id).info.experiment_id)
+                ensure_runs_view(self.store, self.store.experiment_of(run_id))
             except Exception:
                 pass  # a saved view is a convenience
 
@@ -313,7 +353,7 @@ class TrackedRun:
             try:
                 from mlflow_wattsup.report.links import open_lines
 
-                exp_id = self.store.client.get_run(self.run_id).info.experiment_id
+                exp_id = self.store.experiment_of(self.run_id)
                 where = [f"run {self.run_id}", *open_lines(self.store.uri, exp_id, self.run_id)]
             except Exception:
                 pass  # the store is away: the plain line

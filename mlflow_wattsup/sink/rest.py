@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 API = "/api/2.0/mlflow"
 TIMEOUT_S = 15.0
@@ -268,6 +268,25 @@ class RestClient:
             data = json.dumps(body or {}, allow_nan=False).encode()
         what = what or f"{method} {API}{endpoint}"
         repeatable = method == "GET" or not endpoint.endswith("/create")
+        status, raw, retry_after = self._send(method, path, data, self._headers, what, repeatable)
+        return self._answer(status, raw, retry_after, what)
+
+    def put_artifact(self, artifact_uri: str, artifact_file: str, data: bytes) -> None:
+        """Upload ``data`` as ``artifact_file`` under a run's ``mlflow-artifacts:`` artifact URI
+        (the server stores it: ``mlflow server``'s default artifact proxy)."""
+        parts = urlsplit(artifact_uri)
+        if parts.scheme != "mlflow-artifacts":
+            raise ValueError(f"{artifact_uri!r} is not an mlflow-artifacts: URI")
+        rel = "/".join(p for p in (parts.path.strip("/"), artifact_file.strip("/")) if p)
+        path = f"{self._prefix}/api/2.0/mlflow-artifacts/artifacts/{quote(rel)}"
+        headers = {**self._headers, "Content-Type": "application/octet-stream"}
+        what = f"the upload of {artifact_file}"
+        status, raw, retry_after = self._send("PUT", path, data, headers, what, True)
+        self._answer(status, raw, retry_after, what)
+
+    def _send(
+        self, method: str, path: str, data: bytes | None, headers: dict, what: str, repeatable: bool
+    ) -> tuple[int, bytes, str | None]:
         with self._lock:
             if self.limiter is not None:
                 self.limiter.wait()
@@ -280,7 +299,7 @@ class RestClient:
                     self._conn = self._connect()
                 self.requests += 1
                 try:
-                    self._conn.request(method, path, body=data, headers=self._headers)
+                    self._conn.request(method, path, body=data, headers=headers)
                     resp = self._conn.getresponse()
                     status, raw = resp.status, resp.read()
                     retry_after = resp.getheader("Retry-After")
@@ -298,7 +317,7 @@ class RestClient:
                     self._close()
                     reason = str(exc) or type(exc).__name__
                     raise Unreachable(f"{self.uri} did not answer {what}: {reason}") from None
-        return self._answer(status, raw, retry_after, what)
+        return status, raw, retry_after
 
     def _close(self) -> None:
         if self._conn is not None:

@@ -26,3 +26,27 @@ def test_experiment_lookup_by_name(client, experiment):
     assert store.experiment_ids([experiment, "Default"]) == [exp, "0"]
     with pytest.raises(ValueError, match=f"no experiment named 'nope-{experiment}' at sqlite:"):
         store.experiment_ids([experiment, f"nope-{experiment}"])
+
+
+def test_a_local_store_takes_what_the_writer_passes(client, experiment, tracking_uri):
+    """sqlite through MlflowClient: rest.Metric, objects with key/value and (key, value) pairs are
+    turned into MLflow's entities there, and only there."""
+    from mlflow_wattsup.sink.rest import Metric
+
+    class Tag:
+        def __init__(self, key, value):
+            self.key, self.value = key, value
+
+    store = Store(tracking_uri=tracking_uri)
+    assert not store.is_rest and store.requests == 0
+    run_id = store.create_run({"experiment_name": experiment, "tags": {"a": "1"}})
+    assert store.params(run_id) == {}
+    store.log_batch(run_id, [Metric("m", 2.0, 1000, 3)], [("p", "1"), Tag("q", "2")], [Tag("t", "x")])
+    store.terminate(run_id, "FINISHED", 5000)
+    run = client.get_run(run_id)
+    assert run.data.params == {"p": "1", "q": "2"} and run.data.tags["t"] == "x"
+    [m] = client.get_metric_history(run_id, "m")
+    assert (m.value, m.timestamp, m.step) == (2.0, 1000, 3)
+    assert run.info.status == "FINISHED" and store.experiment_of(run_id) == run.info.experiment_id
+    view = store.get_run(run_id)
+    assert view.data.params == run.data.params
