@@ -91,6 +91,7 @@ def test_folder_problems_are_one_line(tmp_path):
         read_folder(tmp_path / "junk")
 
 
+@pytest.mark.slow
 def test_cli_import_eit_once(tmp_path, client, experiment, tracking_uri):
     make_eit(tmp_path / "FreeSurfer_a")
     r = wattsup("import", "eit", str(tmp_path / "FreeSurfer_a"), "--experiment", experiment)
@@ -111,6 +112,7 @@ def test_cli_import_eit_once(tmp_path, client, experiment, tracking_uri):
     assert undocumented(set(m) | set(p) | set(t), documented()) == []
 
 
+@pytest.mark.slow
 def test_codecarbon_rows_become_runs(tmp_path, client, experiment, tracking_uri):
     f = tmp_path / "emissions.csv"
     cc_csv(
@@ -142,6 +144,7 @@ def test_codecarbon_rows_become_runs(tmp_path, client, experiment, tracking_uri)
         read_csv(bad)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared EIT fixtures not present")
 def test_real_eit_logs(tmp_path, client, experiment, tracking_uri):
     folders = sorted(p for p in FIXTURES.iterdir() if p.is_dir())

@@ -75,6 +75,7 @@ def test_a_finished_run_object_is_what_mlflow_waits_on():
 # -- mlflow run --backend wattsup -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_plain_project_is_measured_into_its_one_run(plain, tracking_db, client, experiment, tmp_path):
     config = tmp_path / "wattsup.json"
     config.write_text(json.dumps({"region": "CA-QC", "pue": 1.2}))  # a JSON file path, as MLflow allows
@@ -122,6 +123,7 @@ def test_a_plain_project_is_measured_into_its_one_run(plain, tracking_db, client
     assert start < end and "exit code 0" in err[end] and "CA-QC" in r.stderr
 
 
+@pytest.mark.slow
 def test_a_failing_entry_point_ends_failed_and_mlflow_run_exits_with_its_code(
     plain, tracking_db, client, experiment
 ):
@@ -176,6 +178,7 @@ def test_refusals_are_one_line_and_leave_no_running_run(plain, tracking_db, clie
     assert run.info.status == "FAILED" and run.info.run_id in line
 
 
+@pytest.mark.slow
 def test_the_python_api_waits_and_raises_like_the_local_backend(plain, tracking_db, client):
     # in a child process: the measured command makes its caller a subreaper, not to be done to pytest
     script = f"""

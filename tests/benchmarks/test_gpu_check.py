@@ -52,6 +52,7 @@ def test_without_an_nvidia_gpu_it_says_skipped_and_exits_0(tmp_path):
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_gpu_path_end_to_end_on_a_simulated_gpu_without_mlflow(tmp_path):
     p, rows = run(tmp_path)  # `import mlflow` fails in every process, as on the lent machine
     assert rows, p.stdout + p.stderr
@@ -93,6 +94,7 @@ def test_gpu_path_end_to_end_on_a_simulated_gpu_without_mlflow(tmp_path):
     assert p.returncode == (1 if fails else 0), (fails, p.stdout)
 
 
+@pytest.mark.slow
 def test_mlflow_parts_on_a_simulated_gpu(tmp_path):
     p, rows = run(tmp_path, "--checks", "mlflow", block_mlflow=False)
     assert rows, p.stdout + p.stderr

@@ -29,6 +29,7 @@ CORE_TAGS = {
 }
 
 
+@pytest.mark.slow
 def test_busy_python_command_lands_in_a_run(tracking_uri, client, experiment, tmp_path):
     busy = "import time\nt=time.process_time()\nwhile time.process_time()-t<2.5: pass\nprint('done')"
     r = wattsup(
@@ -134,6 +135,7 @@ def test_logs_to_the_active_run_and_leaves_it_open(tracking_uri, client, experim
     assert "energy_kwh" in run.data.metrics and run.data.tags["pipeline"] == "demo"
 
 
+@pytest.mark.slow
 def test_child_sees_the_run(tracking_uri, client, experiment):
     code = "import mlflow; mlflow.start_run(); mlflow.log_metric('loss', 0.25); mlflow.end_run()"
     r = wattsup("run", "--experiment", experiment, "--quiet", "--", sys.executable, "-c", code)
@@ -150,6 +152,7 @@ def _cpu_of(experiment, client, script, times_file):
     return only_run(client, experiment).data.metrics["cpu_time_s"], parse_times(times_file.read_text())
 
 
+@pytest.mark.slow
 def test_thirty_short_children_count_as_much_as_one_long_one(tracking_uri, client, experiment, tmp_path):
     short, short_truth = _cpu_of(experiment + "-short", client, perl_burn(30, 30), tmp_path / "short")
     long, long_truth = _cpu_of(experiment + "-long", client, perl_burn(30, 1), tmp_path / "long")
@@ -160,6 +163,7 @@ def test_thirty_short_children_count_as_much_as_one_long_one(tracking_uri, clien
     assert long == pytest.approx(long_truth, rel=0.02, abs=0.03)
 
 
+@pytest.mark.slow
 def test_daemonised_grandchild_is_adopted_and_counted(tracking_uri, client, experiment):
     # a subshell starts a grandchild in the background and exits at once: the grandchild is
     # orphaned and re-parented to wattsup (subreaper) instead of init, so its CPU time still
@@ -203,6 +207,7 @@ def _wait_for_run(client, experiment, timeout=60):
     raise AssertionError("run never appeared")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_is_forwarded_and_partial_totals_logged(tracking_uri, client, experiment, tmp_path, sig):
     marker = tmp_path / "got-signal"
@@ -228,6 +233,7 @@ def test_signal_is_forwarded_and_partial_totals_logged(tracking_uri, client, exp
     assert run.data.metrics["energy_kwh"] > 0
 
 
+@pytest.mark.slow
 def test_ignored_signal_stays_ignored_like_for_the_command_alone(tracking_uri, client, experiment, tmp_path):
     """Started with SIGHUP ignored (nohup), wattsup and its command keep ignoring it."""
 
@@ -262,6 +268,7 @@ def test_child_killed_by_signal_gives_128_plus_signal(tracking_uri, client, expe
     assert only_run(client, experiment).info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_on_a_terminal_status_line_and_the_command_reads_the_terminal(tracking_uri, client, experiment):
     """Under a pseudo-terminal: the command (in its own process group) is given the terminal, so
     it can read from it, and wattsup shows its live status line ([wattsup] ... W ... Wh ... g)."""

@@ -3,11 +3,13 @@
 
 import sys
 
+import pytest
 from support.helpers import only_run, wattsup
 
 BURN = "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end: sum(range(10000))"
 
 
+@pytest.mark.slow
 def test_wattsup_run_inside_wattsup_run_is_one_measurement(tracking_uri, client, experiment, tmp_path):
     script = tmp_path / "burn.py"
     script.write_text(BURN)

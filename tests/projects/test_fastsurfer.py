@@ -163,6 +163,7 @@ def logged_durations(log_text, pattern):
     return [float(x) for x in re.findall(pattern, log_text)]
 
 
+@pytest.mark.slow
 def test_rerun_on_the_same_subject_counts_only_its_own_log(
     tracking_uri, client, experiment, tmp_path, fastsurfer_home
 ):
@@ -184,6 +185,7 @@ def test_rerun_on_the_same_subject_counts_only_its_own_log(
     assert latest.data.metrics["stage/coronal/duration_s"] == pytest.approx(coronal[-1], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_every_module_its_own_stage_and_cost(tracking_uri, client, experiment, tmp_path, fastsurfer_home):
     t1_file(tmp_path)
     r = run_fs(tmp_path, fastsurfer_home, experiment, "py=python3.10")
@@ -210,6 +212,7 @@ def test_every_module_its_own_stage_and_cost(tracking_uri, client, experiment, t
     assert f"--py {tmp_path}" in argv and "--device cpu" in argv
 
 
+@pytest.mark.slow
 def test_flags_threads_affinity_and_auto_device(tracking_uri, client, experiment, tmp_path, fastsurfer_home):
     t1_file(tmp_path)
     argv_file, aff_file = tmp_path / "argv.json", tmp_path / "aff.json"
@@ -238,6 +241,7 @@ def test_flags_threads_affinity_and_auto_device(tracking_uri, client, experiment
     assert tags["wattsup.fastsurfer.modules"] == "asegdkt"
 
 
+@pytest.mark.slow
 def test_vox_size_min_on_sub_mm_input_counts_320_slices(
     tracking_uri, client, experiment, tmp_path, fastsurfer_home
 ):
@@ -249,6 +253,7 @@ def test_vox_size_min_on_sub_mm_input_counts_320_slices(
     assert run.data.metrics["macs/asegdkt"] == pytest.approx(3 * 320 * 54.3e9, rel=0.01)
 
 
+@pytest.mark.slow
 def test_interpreter_that_lacks_fastsurfers_packages_fails_in_seconds(
     tracking_uri, tmp_path, fastsurfer_home, experiment
 ):
@@ -268,6 +273,7 @@ def test_interpreter_that_lacks_fastsurfers_packages_fails_in_seconds(
     assert "py=python3.9-nowhere: no such Python interpreter" in line
 
 
+@pytest.mark.slow
 def test_missing_checkpoints_fail_before_anything_starts(tracking_uri, tmp_path, fastsurfer_py, experiment):
     from support.fastsurfer_env import install
 
@@ -280,6 +286,7 @@ def test_missing_checkpoints_fail_before_anything_starts(tracking_uri, tmp_path,
     assert not (tmp_path / "out" / "s").exists()
 
 
+@pytest.mark.slow
 def test_dice_on_shared_labels_and_clear_grid_mismatch(
     tracking_uri, client, experiment, tmp_path, fastsurfer_home
 ):
@@ -342,6 +349,7 @@ os.execv(home + "/run_fastsurfer.sh", [home + "/run_fastsurfer.sh"] + argv)
 """
 
 
+@pytest.mark.slow
 def test_apptainer_image_runs_as_our_child(
     tracking_uri, client, experiment, tmp_path, fastsurfer_home, monkeypatch
 ):
@@ -375,6 +383,7 @@ def test_apptainer_image_runs_as_our_child(
     assert run.data.tags["wattsup.fastsurfer.image"] == str(image)
 
 
+@pytest.mark.slow
 def test_image_without_apptainer_says_so(tracking_uri, tmp_path, experiment, monkeypatch):
     t1_file(tmp_path)
     image = tmp_path / "fastsurfer.sif"

@@ -85,6 +85,7 @@ def freesurfer_home(tmp_path):
     return home
 
 
+@pytest.mark.slow
 def test_autorecon1_then_autorecon2_each_run_its_own_stages(
     tracking_uri, client, experiment, tmp_path, freesurfer_home
 ):
@@ -105,6 +106,7 @@ def test_autorecon1_then_autorecon2_each_run_its_own_stages(
     assert 0.8 < m["dice/Left-Cerebral-White-Matter"] < 1.0  # from aseg.presurf.mgz
 
 
+@pytest.mark.slow
 def test_new_t1_for_existing_subject_fails_in_seconds(tracking_uri, experiment, tmp_path, freesurfer_home):
     (tmp_path / "T1.nii.gz").write_bytes(b"any")
     (tmp_path / "subjects" / "bert" / "mri").mkdir(parents=True)
@@ -115,6 +117,7 @@ def test_new_t1_for_existing_subject_fails_in_seconds(tracking_uri, experiment, 
     assert not (tmp_path / "subjects" / "bert" / "scripts").exists()  # recon-all never started
 
 
+@pytest.mark.slow
 def test_leftover_isrunning_file_is_reported(tracking_uri, experiment, tmp_path, freesurfer_home):
     scripts = tmp_path / "subjects" / "bert" / "scripts"
     scripts.mkdir(parents=True)
@@ -137,6 +140,7 @@ def test_reference_with_a_directive_that_writes_no_segmentation(
     assert "directive=autorecon1 writes no segmentation" in line
 
 
+@pytest.mark.slow
 def test_locale_and_nested_fs_time(tracking_uri, client, experiment, tmp_path, freesurfer_home):
     (tmp_path / "T1.nii.gz").write_bytes(b"any")
     env_file = tmp_path / "env.json"

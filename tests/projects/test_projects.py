@@ -52,6 +52,7 @@ def freesurfer_home(tmp_path):
 # -- FastSurfer -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fastsurfer_stages_model_cost_and_dice(
     tracking_uri, client, experiment, tmp_path, fastsurfer_home, reference
 ):
@@ -151,6 +152,7 @@ def test_fastsurfer_bad_params_one_line(tracking_uri, tmp_path, fastsurfer_home,
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_params_with_spaces_quotes_and_semicolons_reach_the_pipeline_intact(
     tracking_uri, tmp_path, fastsurfer_home, experiment
 ):
@@ -192,6 +194,7 @@ def test_fastsurfer_absent_says_how_to_install(tracking_uri, tmp_path, experimen
     assert "FastSurfer not found" in line and "FASTSURFER_HOME" in line and "fastsurfer_home" in line
 
 
+@pytest.mark.slow
 def test_fastsurfer_failure_still_logs_totals(tracking_uri, client, experiment, tmp_path, fastsurfer_home):
     (tmp_path / "T1.nii.gz").write_bytes(b"any")
     r = mlflow_run(
@@ -214,6 +217,7 @@ def test_fastsurfer_failure_still_logs_totals(tracking_uri, client, experiment, 
 # -- FreeSurfer -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_freesurfer_stage_per_marker(tracking_uri, client, experiment, tmp_path, freesurfer_home, reference):
     (tmp_path / "T1.nii.gz").write_bytes(b"any")
     r = mlflow_run(
@@ -259,6 +263,7 @@ def test_freesurfer_stage_per_marker(tracking_uri, client, experiment, tmp_path,
     assert_documented(run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "env, needle",
     [
@@ -303,6 +308,7 @@ def test_freesurfer_licence_missing_in_home(tracking_uri, tmp_path, freesurfer_h
 CORE = {"energy_kwh", "carbon_g", "duration_s", "dice_mean"}
 
 
+@pytest.mark.slow
 def test_segmentation_train(tracking_uri, client, experiment, tmp_path):
     r = mlflow_run(
         REPO / "projects" / "segmentation",
@@ -323,6 +329,7 @@ def test_segmentation_train(tracking_uri, client, experiment, tmp_path):
     assert run.data.tags["wattsup.pipeline"] == "fastsurfercnn-train"
 
 
+@pytest.mark.slow
 def test_demo_runs_pipelines_and_prints_table(tracking_uri, client, experiment, tmp_path):
     from support.network import guarded_env
 
@@ -349,6 +356,7 @@ def test_demo_runs_pipelines_and_prints_table(tracking_uri, client, experiment, 
     assert "| Pipeline | Device |" in r.stdout and "gmm-classical" in r.stdout and "N/A" in r.stdout
 
 
+@pytest.mark.slow
 def test_brain_extraction_with_deepbet(tracking_uri, client, experiment, tmp_path):
     pytest.importorskip("deepbet")
     if not Path("/usr/share/mricron/templates/ch2.nii.gz").exists():

@@ -55,6 +55,7 @@ def test_channel_pruning_shrinks_deepbet_and_says_so(colin, tracking_uri, client
     assert undocumented(set(m) | set(tags), documented()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "params, needle",
     [

@@ -44,6 +44,7 @@ def test_scatter_and_pareto_png(tmp_path):
         plots.cost_vs_dice([RunRow("x", {"energy_kwh": 1.0})], tmp_path / "x.png")
 
 
+@pytest.mark.slow
 def test_trace_and_stages_from_a_real_run_logged_as_artifacts(client, experiment, tracking_uri, tmp_path):
     import mlflow_wattsup
 

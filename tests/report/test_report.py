@@ -162,6 +162,7 @@ def test_report_from_search_runs_dataframe(client, experiment, tracking_uri):
     assert rep.n[("x", "n/a", "measured")] == 1
 
 
+@pytest.mark.slow
 def test_cli_report(client, experiment, tracking_uri, tmp_path):
     exp = client.create_experiment(experiment)
     for e in (0.001, 0.003):

@@ -295,6 +295,7 @@ def test_runs_view_saved_once_and_never_overwritten(client, tracking_uri):
 # -- wattsup import: MLflow's experiment convention ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_import_honours_mlflow_experiment_name_and_describes_runs(tmp_path, client, experiment, tracking_uri):
     f = tmp_path / "emissions.csv"
     cc_csv(

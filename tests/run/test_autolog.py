@@ -51,6 +51,7 @@ def assert_measured(client, run, status, cpu_s=0.0, by="WATTSUP_AUTOLOG", theirs
     assert undocumented(logged, documented()) == []
 
 
+@pytest.mark.slow
 def test_env_measures_nested_failed_and_implicit_runs(tmp_path, tracking_uri, client, experiment):
     body = f"""
     with mlflow.start_run(run_name="parent"):
@@ -146,6 +147,7 @@ def test_runs_never_ended_get_totals_and_status_at_exit(
     assert "wattsup: autolog:" not in r.stderr  # nothing of ours failed
 
 
+@pytest.mark.slow
 def test_without_the_variable_nothing_changes(tmp_path, tracking_uri, client, experiment):
     body = """
     import json
@@ -168,6 +170,7 @@ def test_without_the_variable_nothing_changes(tmp_path, tracking_uri, client, ex
         assert run.data.tags["wattsup.cpu_model"]  # the plugin's tags, as before
 
 
+@pytest.mark.slow
 def test_sklearn_models_carry_the_cost_of_their_run(tmp_path, tracking_uri, client, experiment):
     """sklearn's autolog starts and ends its own run; a user's run logs a model, then works on
     (MLflow's own system metrics on too): each model gets its run's cost up to its creation, and
@@ -244,6 +247,7 @@ def test_silent_no_trace_then_disabled(tmp_path, tracking_uri, client, experimen
     assert "energy_kwh" not in runs["after"].data.metrics and "wattsup.autolog" not in runs["after"].data.tags
 
 
+@pytest.mark.slow
 def test_track_and_wattsup_run_inside_are_one_measurement(tmp_path, tracking_uri, client, experiment):
     """A track() block in an autologged run is one of its stages; a script under ``wattsup run``
     is measured by wattsup run alone."""
@@ -327,6 +331,7 @@ def test_bad_settings_are_refused_before_any_run():
     assert not hasattr(mlflow.start_run, "_wattsup_autolog")  # nothing was installed
 
 
+@pytest.mark.slow
 def test_settings_from_the_environment(tmp_path, tracking_uri, client, experiment):
     body = """
     with mlflow.start_run(run_name=os.environ["RUN_NAME"]):

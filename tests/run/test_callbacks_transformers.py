@@ -240,6 +240,7 @@ trainer.train()
 """
 
 
+@pytest.mark.slow
 def test_exception_in_train_partial_totals_at_exit(tracking_uri, client, experiment, tmp_path):
     """Transformers has no exception hook: a script whose train() raises ends with the partial
     totals written at exit (our handler runs before MLflow's own, which then ends the run)."""

@@ -62,6 +62,7 @@ def new_run(client, exp_id, subject, pipeline):
     return run.info.run_id
 
 
+@pytest.mark.slow
 def test_study_of_five_subjects_differences_r_and_icc_by_hand(tmp_path, client, experiment, tracking_uri):
     from mlflow_wattsup.report.agreement_table import study_agreement, to_markdown
     from mlflow_wattsup.run.subject_stats import log_agreement
@@ -224,6 +225,7 @@ def test_seg_only_run_says_what_it_cannot_compare(tmp_path, client, experiment, 
     )
 
 
+@pytest.mark.slow
 def test_cli_one_subject(tmp_path, client, experiment, tracking_uri):
     dirs = make_study(tmp_path)
     fa, fs = dirs["sub-02"]

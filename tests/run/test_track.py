@@ -100,6 +100,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_server_down_at_start_measures_anyway_and_replays(
     monkeypatch, tmp_path, experiment, client, tracking_uri
 ):

@@ -132,6 +132,7 @@ def run_study(env, experiment, *extra, check=None):
     return r
 
 
+@pytest.mark.slow
 def test_local_study_failure_then_resume_runs_only_the_failed(study_env, client, experiment):
     (study_env["ctrl"] / "fail-b-s2").touch()
     r = run_study(study_env, experiment, "--max-jobs", "2", check=1)
@@ -176,6 +177,7 @@ def test_local_study_failure_then_resume_runs_only_the_failed(study_env, client,
     assert attempts == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_retries_rerun_a_failing_child_as_new_attempts(study_env, client, experiment):
     (study_env["ctrl"] / "fail-a-s1").touch()
     run_study(study_env, experiment, "--retries", "2", check=1)

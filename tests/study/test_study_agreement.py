@@ -145,6 +145,7 @@ def study(env, experiment, workdir):
     )
 
 
+@pytest.mark.slow
 def test_study_agreement_of_two_pipelines_by_hand_with_a_failure_then_resume(
     env, client, experiment, tmp_path
 ):

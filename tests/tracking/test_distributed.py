@@ -204,6 +204,7 @@ def _start_agents(tmp_path, experiment, job, hosts, codes=(0, 0), extra=None):
     return procs, fakes, go
 
 
+@pytest.mark.slow
 def test_two_simulated_hosts_one_run_sum_per_host(tracking_uri, client, experiment, tmp_path):
     job = uuid.uuid4().hex[:8]
     procs, fakes, go = _start_agents(tmp_path, experiment, job, ["hosta", "hostb"])
@@ -250,6 +251,7 @@ def _all_documented(run):
     assert undocumented(logged, documented()) == []
 
 
+@pytest.mark.slow
 def test_a_failed_rank_fails_the_run_and_a_dead_agent_is_named(tracking_uri, client, experiment, tmp_path):
     job = uuid.uuid4().hex[:8]
     hosts = ["hosta", "hostb", "hostc"]
@@ -275,6 +277,7 @@ def test_a_failed_rank_fails_the_run_and_a_dead_agent_is_named(tracking_uri, cli
     assert len(client_runs) == 1
 
 
+@pytest.mark.slow
 def test_a_dead_agent_0_is_taken_over_by_the_lowest_agent_that_reported(
     tracking_uri, client, experiment, tmp_path
 ):
@@ -325,6 +328,7 @@ TRACKED = (
 )
 
 
+@pytest.mark.slow
 def test_track_on_two_simulated_hosts_joins_one_run(tracking_uri, client, experiment, tmp_path):
     """track() in a two-node torchrun job (one rank per node, simulated by two processes with
     torchrun's variables, their own host ids and fake powercap trees): host 1's agent joins host
