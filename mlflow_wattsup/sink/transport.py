@@ -224,6 +224,10 @@ class Store:
 
     def log_batch(self, run_id: str, metrics: list[Metric], params: list[Param], tags: list[RunTag]) -> None:
         if self._rest is None:
+            # the sink's entities carry .key/.value(/.timestamp/.step) only; MLflow's client wants its own
+            metrics = [Metric(m.key, m.value, m.timestamp, m.step) for m in metrics]
+            params = [Param(p.key, p.value) for p in params]
+            tags = [RunTag(t.key, t.value) for t in tags]
             self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags, synchronous=True)
             return
         self._rest(
