@@ -118,6 +118,27 @@ def timed_out(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError) or "timed out" in text or "Timeout" in text
 
 
+_NOT_DELIVERED = (
+    "Connection refused",
+    "Failed to establish a new connection",
+    "Name or service not known",
+    "Temporary failure in name resolution",
+    "No route to host",
+)
+
+
+def never_delivered(exc: BaseException) -> bool:
+    """The request cannot have been carried out: it never reached the server (refused, unknown
+    host), or the server said it is overloaded (nothing done). A timeout, a dropped connection or
+    another error may have come after the server did it."""
+    text = f"{type(exc).__name__}: {exc}"
+    return (
+        isinstance(exc, ConnectionRefusedError)
+        or any(n in text for n in _NOT_DELIVERED)
+        or overloaded(exc) is not None
+    )
+
+
 def with_create_token(create: Mapping[str, Any]) -> dict:
     """``create`` (see :class:`MlflowSink`) with a creation token tag, a new one unless it has one.
     Whoever sends a creation before handing it to a sink adds the token first, so that the sink can
@@ -348,12 +369,13 @@ class MlflowSink:
                 self._adopt(found, "found the run an earlier attempt created")
                 return True
         sent_at = time.monotonic()
-        self._create_maybe_sent = True
         try:
             run_id = self._call(self.store.create_run, self._create)
         except Exception as exc:
-            if timed_out(exc) and overloaded(exc) is None:
-                self._settle_until = sent_at + self.create_settle_s
+            if not never_delivered(exc):
+                self._create_maybe_sent = True
+                if timed_out(exc):
+                    self._settle_until = sent_at + self.create_settle_s
             raise
         self._known_params = {}  # a run we just made has none
         self._adopt(run_id, "created run")

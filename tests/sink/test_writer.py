@@ -115,7 +115,8 @@ def test_a_refused_creation_is_simply_sent_again(client, experiment):
     sink = MlflowSink(None, store, create={"experiment_name": experiment}, flush_interval_s=0, echo=None)
     sink.log_metrics({"power_w": 3.0})
     assert not sink.flush()
-    assert sink.flush()  # no settle wait: the server never had it
+    assert sink.flush()  # no settle wait and no look-up: the server never had it
+    assert sink.requests == 3  # create (refused), create, log-batch
     assert len(_runs(client, experiment)) == 1
     sink.close()
 
