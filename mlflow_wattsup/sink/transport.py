@@ -33,6 +33,8 @@ _UNREACHABLE = (
     "unable to open database",
     "Connection aborted",
     "RemoteDisconnected",
+    "Connection broken",  # the server died while answering (IncompleteRead): issue 20's load test
+    "IncompleteRead",
 )
 
 

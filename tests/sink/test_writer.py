@@ -254,6 +254,19 @@ def test_overloaded_is_told_from_the_error(error, said):
     assert overloaded(error) == said
 
 
+def test_a_server_killed_while_answering_is_unreachable_not_an_error():
+    """Found by the load test: a job starting while the server was killed got this and exited 1."""
+    from mlflow_wattsup.sink.transport import unreachable
+
+    assert unreachable(
+        Exception(
+            "API request to http://127.0.0.1:33493/api/2.0/mlflow/experiments/get-by-name failed with exception "
+            "('Connection broken: IncompleteRead(0 bytes read, 442 more expected)', IncompleteRead(0 bytes read, "
+            "442 more expected))"
+        )
+    )
+
+
 def test_a_timeout_is_told_from_a_refusal():
     assert timed_out(_timeout()) and not timed_out(ConnectionRefusedError("Connection refused"))
 
