@@ -14,6 +14,7 @@ import getpass
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from mlflow_wattsup.analysis.carbon import CarbonConfig
 from mlflow_wattsup.run.recording import Recording
 from mlflow_wattsup.sink import keys
 from mlflow_wattsup.sink.transport import Store, job_limiter, now_ms, unreachable
-from mlflow_wattsup.sink.writer import MlflowSink
+from mlflow_wattsup.sink.writer import MlflowSink, timed_out, with_create_token
 from mlflow_wattsup.tracking.tracker import SampleBuffer, Totals, Tracker
 
 DEFAULT_EXPERIMENT = "Default"
@@ -131,6 +132,7 @@ class TrackedRun:
         run_id, source = (None, "new") if create is not None else self._which(run_id, join_active)
         self.created = False  # we created (or will create) the run, so we end it
         answered = False
+        sent_at = None  # when our own creation was sent, kept if it timed out (the server may make it)
         try:
             if fluent and source in ("new", "env") and create is None and self.store.reachable():
                 run_id = self._start_fluent(source, experiment, run_name, tags)
@@ -147,6 +149,9 @@ class TrackedRun:
                         "start_time": now_ms(),
                     }
                 )
+                # a token the sink can find the run by, should this attempt time out after all
+                create = with_create_token(create)
+                sent_at = time.monotonic()
                 run_id = self.store.create_run(create)
                 create = None
                 self.created = True
@@ -156,6 +161,8 @@ class TrackedRun:
                 raise
             self._say_unreachable(exc)
             self.created = run_id is None
+            if not timed_out(exc):
+                sent_at = None
         self.sink = MlflowSink(
             run_id,
             self.store,
@@ -163,6 +170,7 @@ class TrackedRun:
             flush_interval_s=flush_interval_s,
             echo=echo,
             store_answered=answered,
+            create_timed_out_at=sent_at if create is not None else None,
         )
 
     def _start_fluent(self, source: str, experiment: str | None, run_name: str | None, tags) -> str:

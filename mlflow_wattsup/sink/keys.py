@@ -39,6 +39,9 @@ PLANNED_EPOCHS = "wattsup.planned_epochs"
 IMPORT_KEY = "wattsup.import.key"
 IMPORT_SOURCE = "wattsup.import.source"
 IMPORT_NOTES = "wattsup.import.notes"
+#: a run we create: a uuid sent with the creation, so that a creation retried after a timeout (the
+#: server may have made the run) or replayed from a spool finds that run instead of making another
+CREATE_TOKEN = "wattsup.create_token"
 FLOPS_BACKEND = "wattsup.flops_backend"
 FLOPS_INPUT_SHAPE = "wattsup.flops_input_shape"
 FLOPS_ERRORS = "wattsup.flops_errors"

@@ -5,7 +5,10 @@ A spool file is JSON Lines (mode 0600, in ``$WATTSUP_SPOOL_DIR`` or the user cac
 terminal status in order. A live sink holds an exclusive ``flock`` on its file for as long as it
 lives, so a replay (``wattsup flush``, or the automatic one at the next ``wattsup`` start) never
 touches the file of a job that is still running; a job that died leaves its file unlocked.
-Replays are idempotent (see :mod:`.writer`).
+Within the process, :attr:`SpoolFile.lock` serialises appends (the writer thread after a failed
+write and a thread logging while the store is away append at once). Replays are idempotent (see
+:mod:`.writer`). Nothing here imports MLflow: entities read back are :class:`.rest.Metric` and
+:class:`KeyValue` (params and tags).
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from mlflow_wattsup.sink.rest import Metric
 
 SPOOL_DIR_ENV = "WATTSUP_SPOOL_DIR"
 
@@ -34,6 +40,13 @@ def spool_dir() -> Path:
         return Path.home() / ".cache" / "mlflow-wattsup" / "spool"
 
 
+class KeyValue(NamedTuple):
+    """One param or tag (the attribute names of MLflow's ``Param`` / ``RunTag``)."""
+
+    key: str
+    value: str
+
+
 def entity_json(kind: str, e: Any) -> dict:
     if kind == "metric":
         return {"k": "metric", "key": e.key, "value": e.value, "timestamp": e.timestamp, "step": e.step}
@@ -43,28 +56,34 @@ def entity_json(kind: str, e: Any) -> dict:
 
 
 class SpoolFile:
-    """The spool file of one live sink: created on first use, locked while we live."""
+    """The spool file of one live sink: created on first use, locked while we live.
+
+    Thread-safe: :meth:`append`, :meth:`remove` and :meth:`close` hold :attr:`lock` (re-entrant;
+    a caller that must take what to append and append it in one step holds it around both)."""
 
     def __init__(self, directory: Path, run_id: str | None):
         name = f"{run_id or 'new'}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
         self.path = directory / name
         self._fd: int | None = None
+        self.lock = threading.RLock()
 
     def exists(self) -> bool:
-        return self._fd is not None
+        with self.lock:
+            return self._fd is not None
 
     def append(self, header: dict, objs: Iterable[dict]) -> None:
         """Append ``objs`` (JSON objects), the header first if the file is new; flushed and
         fsync'ed, a crash right after loses nothing."""
         lines = [json.dumps(o) + "\n" for o in objs]
-        if self._fd is None:
-            self._create()
-            lines.insert(0, json.dumps({"wattsup_spool": 1, **header}) + "\n")
-        data = "".join(lines).encode()
-        while data:
-            n = os.write(self._fd, data)
-            data = data[n:]
-        os.fsync(self._fd)
+        with self.lock:
+            if self._fd is None:
+                self._create()
+                lines.insert(0, json.dumps({"wattsup_spool": 1, **header}) + "\n")
+            data = "".join(lines).encode()
+            while data:
+                n = os.write(self._fd, data)
+                data = data[n:]
+            os.fsync(self._fd)
 
     def _create(self) -> None:
         # Created under a temporary name and locked before it gets its real one, so a replay
@@ -78,26 +97,26 @@ class SpoolFile:
 
     def remove(self) -> None:
         """Delete the file (everything in it reached the store) and release it."""
-        if self._fd is None:
-            return
-        try:
-            self.path.unlink()
-        except OSError:
-            pass
-        self.close()
+        with self.lock:
+            if self._fd is None:
+                return
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+            self.close()
 
     def close(self) -> None:
         """Release the file (kept on disk for a later replay)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self.lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def read_spool(path: Path) -> tuple[dict, list[tuple[str, Any]], int]:
     """(header, entities, bad lines) of a spool file; a torn last line is counted as bad. A
     ``created`` line (the deferred run was made) sets the header's ``run_id``."""
-    from mlflow.entities import Metric, Param, RunTag
-
     header: dict = {}
     entities: list[tuple[str, Any]] = []
     bad = 0
@@ -112,8 +131,7 @@ def read_spool(path: Path) -> tuple[dict, list[tuple[str, Any]], int]:
                     m = Metric(obj["key"], float(obj["value"]), int(obj["timestamp"]), int(obj["step"]))
                     entities.append(("metric", m))
                 elif kind in ("param", "tag"):
-                    cls = Param if kind == "param" else RunTag
-                    entities.append((kind, cls(obj["key"], str(obj["value"]))))
+                    entities.append((kind, KeyValue(str(obj["key"]), str(obj["value"]))))
                 elif kind == "status":
                     entities.append(("status", (str(obj["value"]), int(obj["end_time"]))))
                 elif kind == "created":

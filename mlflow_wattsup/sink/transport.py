@@ -27,7 +27,7 @@ from typing import Any
 
 from mlflow_wattsup.sink import keys, rest
 
-HTTP_TIMEOUT_S = 15
+HTTP_TIMEOUT_S = rest.TIMEOUT_S
 
 _UNREACHABLE = (
     "Connection refused",
@@ -42,6 +42,8 @@ _UNREACHABLE = (
     "unable to open database",
     "Connection aborted",
     "RemoteDisconnected",
+    "Connection broken",  # the server died while answering (IncompleteRead): issue 20's load test
+    "IncompleteRead",
 )
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from support.import_probe import probe_env, read_probe, writer_imports_mlflow
+from support.import_probe import probe_env, read_probe
 from support.server import MlflowServer
 
 from mlflow_wattsup.backends.common import Task
@@ -59,11 +59,6 @@ def test_a_study_task_sets_its_run_without_mlflow(server, mlflow_client, tmp_pat
     assert run.data.tags[keys.SLURM_JOB_ID] == "4242" and run.info.end_time
 
 
-@pytest.mark.xfail(
-    writer_imports_mlflow(),
-    reason="sink/writer.py still imports mlflow.entities (its change is issue 20's other half)",
-    strict=True,
-)
 def test_a_measured_task_imports_no_mlflow(server, mlflow_client, tmp_path, experiment):
     probe, run, err = _run_job(server, mlflow_client, tmp_path, experiment, measure={"carbon_intensity": 100})
     assert probe["mlflow"] == [], f"MLflow imported: {probe['mlflow'][:10]}"

@@ -7,21 +7,14 @@ import sys
 
 import pytest
 from support.helpers import WATTSUP
-from support.import_probe import probe_env, read_probe, writer_imports_mlflow
+from support.import_probe import probe_env, read_probe
 from support.server import MlflowServer
 
 from mlflow_wattsup.report.links import VIEW_TAG
 from mlflow_wattsup.report.notes import NOTE_TAG, note_owner
 from mlflow_wattsup.sink import keys
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.xfail(
-        writer_imports_mlflow(),
-        reason="sink/writer.py still imports mlflow.entities (its change is issue 20's other half)",
-        strict=True,
-    ),
-]
+pytestmark = pytest.mark.integration
 
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
 

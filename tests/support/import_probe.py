@@ -4,7 +4,6 @@ heavy libraries a short job should not load) to ``$IMPORT_PROBE_OUT``."""
 
 import json
 import os
-import sys
 from pathlib import Path
 
 HEAVY = ("pandas", "numpy", "matplotlib", "pyarrow", "sqlalchemy", "git")
@@ -35,13 +34,3 @@ def probe_env(tmp: Path, env: dict | None = None) -> tuple[dict, Path]:
 def read_probe(out: Path) -> list[dict]:
     """The reports, one per Python process that exited normally."""
     return [json.loads(line) for line in Path(out).read_text().splitlines()] if Path(out).exists() else []
-
-
-def writer_imports_mlflow() -> bool:
-    """Whether importing the sink's writer alone imports MLflow (then nothing using it can avoid
-    MLflow, whatever the rest does)."""
-    import subprocess
-
-    code = "import sys, mlflow_wattsup.sink.writer; print('mlflow' in sys.modules)"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return r.stdout.strip() == "True"
