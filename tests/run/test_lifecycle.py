@@ -168,3 +168,30 @@ def test_processes_our_own_threads_start_are_left_to_them(tracking_uri, client, 
     finally:
         q.kill()
         q.wait()
+
+
+def test_a_start_up_creation_that_timed_out_after_the_server_made_the_run_is_adopted(client, experiment):
+    """A job's own run creation at its start sends a creation token; when the answer times out
+    after the server made the run (sqlite under 150 jobs, issue 20), the sink finds that run by
+    its token instead of making a second, empty one."""
+    from mlflow_wattsup.run.lifecycle import TrackedRun
+    from mlflow_wattsup.sink.transport import Store
+
+    class LostAnswer(Store):
+        def create_run(self, create):
+            if not getattr(self, "made", None):
+                self.made = super().create_run(create)  # made at the server ...
+                raise TimeoutError("Read timed out. (read timeout=40)")  # ... the answer lost
+            return super().create_run(create)
+
+    store = LostAnswer(client)
+    run = TrackedRun(store=store, experiment=experiment, flush_interval_s=0, echo=None)
+    assert run.run_id is None  # deferred: the job goes on, its values queued
+    run.sink._settle_until = 0.0  # the settle time (45 s) over
+    run.sink.log_metrics({"power_w": 1.0})
+    assert run.sink.flush()
+    assert run.run_id == store.made
+    run.finish("FINISHED")
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert [r.info.run_id for r in runs] == [store.made]
+    assert runs[0].data.metrics["power_w"] == 1.0 and runs[0].info.status == "FINISHED"
