@@ -142,23 +142,3 @@ def test_no_layer_prefix_in_docstrings():
         if (ast.get_docstring(ast.parse(p.read_text())) or "").startswith("Layer ")
     ]
     assert not stale, stale
-
-
-def test_no_test_module_imports_another():
-    """Shared helpers live in tests/support, shared fixtures in conftest.py files: a test module
-    imported by another (even inside a function) runs its tests twice and hides a dependency."""
-    tests = PKG.parent / "tests"
-    found = []
-    for path in sorted(tests.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names = [node.module]
-            found += [
-                f"{path.relative_to(tests)}:{node.lineno}: {n}"
-                for n in names
-                if n.split(".")[-1].startswith(("test_", "conftest"))
-            ]
-    assert not found, found

@@ -7,6 +7,7 @@ from support.paths import TESTS
 
 
 def test_no_test_module_imports_another():
+    """Even inside a function: an imported test module runs its tests twice and hides a dependency."""
     bad = []
     for path in sorted(TESTS.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -18,7 +19,7 @@ def test_no_test_module_imports_another():
             bad += [
                 f"{path.relative_to(TESTS)}:{node.lineno}: {n}"
                 for n in names
-                if n.split(".")[-1].startswith("test_") or n.split(".")[-1] == "conftest"
+                if n.split(".")[-1].startswith(("test_", "conftest"))
             ]
     assert not bad, "test modules importing test modules:\n" + "\n".join(bad)
 
