@@ -58,3 +58,23 @@ def client(tracking_uri):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, request):
+    """A real ``mlflow server`` (a sqlite store behind it) for one test module, stopped by PID.
+    Modules that need another (on a SLURM node, one to kill) define their own."""
+    from support.server import MlflowServer
+
+    s = MlflowServer(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def mlflow_client(server):
+    """An ``MlflowClient`` of :func:`server`, for checking what reached it."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(server.uri)

@@ -7,27 +7,11 @@ import sys
 
 import pytest
 from support.import_probe import probe_env, read_probe
-from support.server import MlflowServer
 
 from mlflow_wattsup.backends.common import Task
 from mlflow_wattsup.sink import keys
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s = MlflowServer(tmp_path_factory.mktemp("job-http"))
-    s.start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def mlflow_client(server):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(server.uri)
 
 
 def _run_job(server, client, tmp_path, experiment, measure, command="exit 3"):

@@ -8,7 +8,6 @@ import sys
 import pytest
 from support.helpers import WATTSUP
 from support.import_probe import probe_env, read_probe
-from support.server import MlflowServer
 
 from mlflow_wattsup.report.links import VIEW_TAG
 from mlflow_wattsup.report.notes import NOTE_TAG, note_owner
@@ -17,21 +16,6 @@ from mlflow_wattsup.sink import keys
 pytestmark = pytest.mark.integration
 
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s = MlflowServer(tmp_path_factory.mktemp("run-http"))
-    s.start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def mlflow_client(server):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(server.uri)
 
 
 def _wattsup_run(server, tmp_path, *args, env=None):

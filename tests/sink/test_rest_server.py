@@ -9,26 +9,10 @@ import sys
 import time
 
 import pytest
-from support.server import MlflowServer
 
 from mlflow_wattsup.sink.rest import Metric, Refused, RestClient, context_tags
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s = MlflowServer(tmp_path_factory.mktemp("rest-server"))
-    s.start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def mlflow_client(server):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(server.uri)
 
 
 def test_experiments(server, mlflow_client, experiment):

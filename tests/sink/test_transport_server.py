@@ -6,7 +6,6 @@ MLflow's own client, with no ``MlflowClient`` made by the store. Starts a server
 import time
 
 import pytest
-from support.server import MlflowServer
 
 from mlflow_wattsup.report.links import VIEW_TAG, ensure_runs_view
 from mlflow_wattsup.report.notes import NOTE_TAG, note_owner, write_note
@@ -15,21 +14,6 @@ from mlflow_wattsup.sink.rest import Metric
 from mlflow_wattsup.sink.transport import Store, unreachable
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s = MlflowServer(tmp_path_factory.mktemp("transport-server"))
-    s.start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def mlflow_client(server):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(server.uri)
 
 
 class Tag:  # any object with key/value, as the writer may pass
