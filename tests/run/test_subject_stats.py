@@ -8,7 +8,8 @@ from support.contract import documented, undocumented
 from support.helpers import wattsup
 from support.stats_files import (
     ASEG,
-    thickness_base,
+    other_pipeline_values,
+    subject_values,
     write_aseg_stats,
     write_fastsurfer_segstats,
     write_parc_stats,
@@ -25,15 +26,11 @@ MISSING = ("sub-03", "ctx-rh-transversetemporal")  # FastSurfer's mapped rh lack
 
 
 def reference_values(i):
-    vols = {name: round(v * SCALE[i], 1) for _, name, v in ASEG}
-    th = {h: {k: round(v + SHIFT_MM[i], 3) for k, v in thickness_base(h).items()} for h in ("lh", "rh")}
-    return vols, th
+    return subject_values(SCALE[i], SHIFT_MM[i])
 
 
 def fastsurfer_values(i):
-    vols, th = reference_values(i)
-    fvols = {k: (round(v * VOL_GAIN + VOL_NOISE[i], 1) if v else 0.0) for k, v in vols.items()}
-    fth = {h: {k: round(v + TH_OFFSET + TH_NOISE[i], 3) for k, v in d.items()} for h, d in th.items()}
+    fvols, fth = other_pipeline_values(*reference_values(i), VOL_GAIN, VOL_NOISE[i], TH_OFFSET, TH_NOISE[i])
     if SUBJECTS[i] == MISSING[0]:
         del fth["rh"]["transversetemporal"]
     return fvols, fth

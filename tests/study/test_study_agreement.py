@@ -14,8 +14,8 @@ from support.by_hand import icc21_by_hand, r_by_hand
 from support.contract import documented, undocumented
 from support.helpers import wattsup
 from support.stats_files import (
-    ASEG,
-    thickness_base,
+    other_pipeline_values,
+    subject_values,
     write_aseg_stats,
     write_fastsurfer_segstats,
     write_parc_stats,
@@ -46,15 +46,11 @@ shutil.copytree(ctrl / "outputs" / kind / sid, out / sid, dirs_exist_ok=True)
 
 
 def freesurfer_values(i):
-    vols = {name: round(v * SCALE[i], 1) for _, name, v in ASEG}
-    th = {h: {k: round(v + SHIFT_MM[i], 3) for k, v in thickness_base(h).items()} for h in ("lh", "rh")}
-    return vols, th
+    return subject_values(SCALE[i], SHIFT_MM[i])
 
 
 def fastsurfer_values(i):
-    vols, th = freesurfer_values(i)
-    fvols = {k: (round(v * VOL_GAIN + VOL_NOISE[i], 1) if v else 0.0) for k, v in vols.items()}
-    fth = {h: {k: round(v + TH_OFFSET + TH_NOISE[i], 3) for k, v in d.items()} for h, d in th.items()}
+    fvols, fth = other_pipeline_values(*freesurfer_values(i), VOL_GAIN, VOL_NOISE[i], TH_OFFSET, TH_NOISE[i])
     if SUBJECTS[i] == MISSING[0]:
         del fth[MISSING[1]][MISSING[2]]
     return fvols, fth

@@ -83,6 +83,29 @@ def thickness_base(hemi: str) -> dict[str, float]:
     return {name: round(2.0 + ((i * 37) % 31) / 31 * 1.0 + off, 3) for i, name in enumerate(DKT)}
 
 
+def subject_values(scale: float, shift_mm: float) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """One subject's reference volumes (mm^3, ASEG's scaled by head size ``scale``) and
+    thickness per hemisphere and DKT region (mm, :func:`thickness_base` + ``shift_mm``)."""
+    vols = {name: round(v * scale, 1) for _, name, v in ASEG}
+    th = {h: {k: round(v + shift_mm, 3) for k, v in thickness_base(h).items()} for h in ("lh", "rh")}
+    return vols, th
+
+
+def other_pipeline_values(
+    vols: dict[str, float],
+    th: dict[str, dict[str, float]],
+    vol_gain: float,
+    vol_offset_mm3: float,
+    th_offset_mm: float,
+    th_noise_mm: float = 0.0,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """What a second pipeline reports for the same subject: volumes x ``vol_gain`` +
+    ``vol_offset_mm3`` (an absent structure stays 0), thickness + ``th_offset_mm`` + ``th_noise_mm``."""
+    fvols = {k: (round(v * vol_gain + vol_offset_mm3, 1) if v else 0.0) for k, v in vols.items()}
+    fth = {h: {k: round(v + th_offset_mm + th_noise_mm, 3) for k, v in d.items()} for h, d in th.items()}
+    return fvols, fth
+
+
 def _table_cols(cols: list[tuple[str, str, str]]) -> list[str]:
     out = []
     for i, (header, field, unit) in enumerate(cols, 1):
