@@ -94,6 +94,20 @@ def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
+def _draw_pareto_front(ax, points: list[tuple[float, float]]) -> None:
+    """The Pareto front of ``points`` (cost, quality) as a dashed black step line."""
+    front = _pareto(points)
+    ax.step(
+        [p[0] for p in front],
+        [p[1] for p in front],
+        where="post",
+        color="black",
+        lw=1,
+        ls="--",
+        label="Pareto front",
+    )
+
+
 def cost_vs_dice(
     runs: Sequence[RunRow], out: str | Path, cost: str = "energy", group_by: Sequence[str] = DEFAULT_GROUP_BY
 ) -> Path:
@@ -116,16 +130,7 @@ def cost_vs_dice(
             s=40,
             color=colours(i % 10),
         )
-    front = _pareto([(r.metrics[key] * scale, r.metrics["dice_mean"]) for r in pts])
-    ax.step(
-        [p[0] for p in front],
-        [p[1] for p in front],
-        where="post",
-        color="black",
-        lw=1,
-        ls="--",
-        label="Pareto front",
-    )
+    _draw_pareto_front(ax, [(r.metrics[key] * scale, r.metrics["dice_mean"]) for r in pts])
     ax.set_xscale("log")
     ax.set_xlabel(f"{label}, log scale")
     ax.set_ylabel("mean Dice")
@@ -253,16 +258,7 @@ def sweep_pareto(runs: Sequence[RunRow], out: str | Path, names: Sequence[str], 
         for x, y, t in zip(xs, ys, tags, strict=True):
             ax.annotate(t, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         points += list(zip(xs, ys, strict=True))
-    front = _pareto(points)
-    ax.step(
-        [p[0] for p in front],
-        [p[1] for p in front],
-        where="post",
-        color="black",
-        lw=1,
-        ls="--",
-        label="Pareto front",
-    )
+    _draw_pareto_front(ax, points)
     ax.set_xlabel(f"{label}, mean per value")
     ax.set_ylabel("mean Dice")
     ax.set_title(f"Quality vs {cost} across {', '.join(names)}")
