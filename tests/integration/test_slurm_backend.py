@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from support.server import MlflowServer
-from support.slurm_cluster import SlurmCluster, unavailable
+from support.slurm_cluster import running_cluster
 from support.study import cohort, ran, stub_project
 
 from mlflow_wattsup.backends import slurm
@@ -79,21 +79,8 @@ def test_backend_config_keys_are_checked_and_become_sbatch_lines(tmp_path):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    why = unavailable()
-    if why:
-        pytest.skip(why)
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        c.start()
-    except Exception:  # installed and root, yet it did not start: that is a failure, not a skip
-        c.stop()
-        c.cleanup()
-        raise
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLURM_CONF", str(c.conf))
+    with running_cluster(tmp_path_factory.mktemp("slurm")) as c:
         yield c
-    c.stop()
-    c.cleanup()
 
 
 @pytest.fixture(scope="module")

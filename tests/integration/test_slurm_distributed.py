@@ -14,7 +14,7 @@ import pytest
 from support.distributed import BIG, WAITER, job_run, kwh_of, wait_joined
 from support.fakes.sysfs import FakeRapl
 from support.helpers import WATTSUP
-from support.slurm_cluster import SlurmCluster, unavailable
+from support.slurm_cluster import running_cluster
 
 from mlflow_wattsup.sink import keys
 from mlflow_wattsup.tracking.distributed import AgentReport, discover
@@ -22,19 +22,8 @@ from mlflow_wattsup.tracking.distributed import AgentReport, discover
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    why = unavailable()
-    if why:
-        pytest.skip(why)
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        c.start()
-    except Exception:  # installed and root, yet it did not start: a failure, not a skip
-        c.stop()
-        c.cleanup()
-        raise
-    yield c
-    c.stop()
-    c.cleanup()
+    with running_cluster(tmp_path_factory.mktemp("slurm"), set_conf=False) as c:
+        yield c
 
 
 def _srun(cluster, args, **kw):

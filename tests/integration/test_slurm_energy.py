@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from support.slurm_cluster import SlurmCluster, unavailable
+from support.slurm_cluster import running_cluster
 
 from mlflow_wattsup.meters import slurm
 from mlflow_wattsup.sink import keys
@@ -20,21 +20,8 @@ from mlflow_wattsup.sink import keys
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    why = unavailable(accounting=True)
-    if why:
-        pytest.skip(why)
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm-acct"), accounting=True)
-    try:
-        c.start()
-    except Exception:  # installed and root, yet it did not start: a failure, not a skip
-        c.stop()
-        c.cleanup()
-        raise
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLURM_CONF", str(c.conf))
+    with running_cluster(tmp_path_factory.mktemp("slurm-acct"), accounting=True) as c:
         yield c
-    c.stop()
-    c.cleanup()
 
 
 def _submit(cluster, tmp_path, name, uri, *sbatch_args):

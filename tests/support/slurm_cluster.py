@@ -22,6 +22,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo")
@@ -322,3 +324,32 @@ class SlurmCluster:
             shutil.rmtree(self.munge_dir, ignore_errors=True)
         if self.db_dir is not None:
             shutil.rmtree(self.db_dir, ignore_errors=True)
+
+
+@contextmanager
+def running_cluster(
+    workdir: Path, *, accounting: bool = False, set_conf: bool = True
+) -> Iterator[SlurmCluster]:
+    """A started cluster in ``workdir`` for a module's tests, stopped (by PID) and removed after;
+    skips the tests where SLURM cannot run here (:func:`unavailable`), fails them where it is
+    installed and root yet did not start. ``set_conf``: ``$SLURM_CONF`` names it meanwhile."""
+    import pytest
+
+    why = unavailable(accounting=accounting)
+    if why:
+        pytest.skip(why)
+    c = SlurmCluster(workdir, accounting=accounting)
+    try:
+        c.start()
+    except Exception:  # installed and root, yet it did not start: a failure, not a skip
+        c.stop()
+        c.cleanup()
+        raise
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            if set_conf:
+                mp.setenv("SLURM_CONF", str(c.conf))
+            yield c
+    finally:
+        c.stop()
+        c.cleanup()
